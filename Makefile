@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make serve` and `make test`; each creates .venv if missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup serve test lint bench embedded report
+
+setup:
+	@scripts/setup.sh
+
+serve: setup  ## serve the bundled default model on http://127.0.0.1:8000
+	$(PY) -m server
+
+test: setup  ## the whole test suite (what CI runs)
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup  ## benchmarks, results in docs/benchmarks.md
+	$(PY) -m benchmarks
+
+embedded: setup  ## retrain the bundled default model from the packaged real data
+	$(PY) -m training train --config training/presets/embedded.json --store model_store/bundled --name embedded
+
+report: setup  ## docs/results.md and docs/accuracy_vs_budget.png
+	$(PY) -m training report

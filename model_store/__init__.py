@@ -1,0 +1,96 @@
+"""What a stored model is: the network both sides share, its cost counter, its preprocessing,
+and the verified, versioned artifact format. Training and the server import only these names."""
+
+from .artifact import (
+    FORMAT_VERSION,
+    ArtifactError,
+    DomainMetrics,
+    Manifest,
+    read_artifact,
+    sha256_file,
+)
+from .cost import (
+    UNITS,
+    baseline_cost,
+    cost_fraction,
+    domain_cost,
+    filter_costs,
+    independent_parameters,
+    model_parameters,
+    single_domain_parameters,
+)
+from .layers import DomainBatchNorm
+from .network import ARCH_BUILDERS, MultiDomainResNet, build_model, resnet26_decathlon
+from .preprocess import (
+    ImageError,
+    ImageTooLarge,
+    decode_image,
+    eval_pixels,
+    eval_transform,
+    image_to_uint8,
+    normalize,
+    preprocess_bytes,
+    resize_shorter,
+)
+from .slicing import (
+    domain_filters,
+    domain_view,
+    prune_to_union,
+    slice_network,
+    union_filters,
+)
+from .spec import DomainSpec, ModelSpec, Preprocess, SpecError
+from .versions import (
+    current_version,
+    list_versions,
+    load_version,
+    publish_version,
+    set_current,
+    version_path,
+)
+
+__all__ = [
+    "ARCH_BUILDERS",
+    "FORMAT_VERSION",
+    "UNITS",
+    "ArtifactError",
+    "DomainBatchNorm",
+    "DomainMetrics",
+    "DomainSpec",
+    "ImageError",
+    "ImageTooLarge",
+    "Manifest",
+    "ModelSpec",
+    "MultiDomainResNet",
+    "Preprocess",
+    "SpecError",
+    "baseline_cost",
+    "build_model",
+    "cost_fraction",
+    "current_version",
+    "decode_image",
+    "domain_cost",
+    "domain_filters",
+    "domain_view",
+    "eval_pixels",
+    "eval_transform",
+    "filter_costs",
+    "image_to_uint8",
+    "independent_parameters",
+    "list_versions",
+    "load_version",
+    "model_parameters",
+    "normalize",
+    "preprocess_bytes",
+    "prune_to_union",
+    "publish_version",
+    "read_artifact",
+    "resize_shorter",
+    "resnet26_decathlon",
+    "set_current",
+    "sha256_file",
+    "single_domain_parameters",
+    "slice_network",
+    "union_filters",
+    "version_path",
+]

@@ -1,0 +1,117 @@
+"""Bytes -> checked RGB image -> the network's input tensor. Used by evaluation AND serving.
+
+The transform's numbers (resize, crop, mean, std) come from the domain's spec in the manifest,
+never re-typed, so a served image sees exactly what the model saw at evaluation time.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from .spec import Preprocess
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
+class ImageError(ValueError):
+    """The bytes are not an image we can read; the message says why and what is accepted."""
+
+
+class ImageTooLarge(ImageError):
+    """The image declares more pixels than allowed; refused before its pixels are decoded."""
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode any accepted image to 8-bit RGB, honouring EXIF orientation.
+
+    The header's size is checked against `max_pixels` before decoding, which stops
+    decompression bombs; truncated files fail on load instead of yielding grey padding.
+    """
+    if not data:
+        raise ImageError("empty body: send the image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+            )
+        img.load()
+    except ImageError:
+        raise
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
+        raise ImageError(
+            f"not a readable image ({exc}); accepted: {', '.join(ACCEPTED_FORMATS)}"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
+        raise ImageError(f"image data is corrupt or truncated: {exc}") from exc
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16/32-bit greys rescaled, transparency composited on white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Scale so the shorter side is `size`, keeping the aspect ratio (bilinear, antialiased)."""
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    return img.resize(new, Image.Resampling.BILINEAR, reducing_gap=None)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def image_to_uint8(img: Image.Image) -> Tensor:
+    """RGB PIL image -> (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def normalize(pixels: Tensor, pre: Preprocess) -> Tensor:
+    """uint8 (..., 3, H, W) -> float32 normalised with the domain's mean and std."""
+    mean = torch.tensor(pre.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32).view(3, 1, 1)
+    return (pixels.to(torch.float32) / 255.0 - mean) / std
+
+
+def eval_pixels(img: Image.Image, pre: Preprocess) -> Tensor:
+    """The eval transform up to normalisation: resize shorter side, centre crop, uint8 tensor."""
+    return image_to_uint8(center_crop(resize_shorter(to_rgb(img), pre.resize), pre.crop))
+
+
+def eval_transform(img: Image.Image, pre: Preprocess) -> Tensor:
+    """The full eval transform: the network's (3, crop, crop) float input for one image."""
+    return normalize(eval_pixels(img, pre), pre)
+
+
+def preprocess_bytes(data: bytes, pre: Preprocess, max_pixels: int) -> Tensor:
+    """Request body -> network input, with every check a server needs."""
+    return eval_transform(decode_image(data, max_pixels), pre)

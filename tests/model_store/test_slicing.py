@@ -1,0 +1,83 @@
+"""Correctness of pruning: the pruned network computes exactly what the masked network does."""
+
+import pytest
+import torch
+
+from model_store import (
+    build_model,
+    domain_filters,
+    domain_view,
+    prune_to_union,
+    union_filters,
+)
+from tests.conftest import randomize, tiny_spec
+
+TOL = 1e-4
+
+
+@pytest.mark.parametrize("keep_prob", [0.0, 0.15, 0.5, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pruned_logits_equal_masked_logits_for_every_domain(keep_prob: float, seed: int) -> None:
+    masked = randomize(build_model(tiny_spec()), keep_prob, seed)
+    pruned = prune_to_union(masked).eval()
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        for d in range(len(masked.spec.domains)):
+            diff = (masked(x, d) - pruned(x, d)).abs().max().item()
+            assert diff < TOL, f"domain {d}: max abs diff {diff}"
+            own = domain_view(masked, d)
+            assert (masked(x, d) - own(x, 0)).abs().max().item() < TOL
+
+
+def test_removed_filters_are_exactly_those_no_domain_uses() -> None:
+    masked = randomize(build_model(tiny_spec()), 0.3, seed=3)
+    pruned = prune_to_union(masked)
+    for i, (block, kept) in enumerate(zip(masked.blocks, union_filters(masked), strict=True)):
+        used = block.masks.bool().any(dim=0)
+        assert kept.tolist() == used.nonzero().flatten().tolist()
+        assert pruned.spec.blocks()[i].mid_channels == int(used.sum())
+        # each domain's served mask is its trained mask restricted to the kept filters
+        assert torch.equal(pruned.blocks[i].masks, block.masks[:, kept])
+        # and every kept filter is used by someone
+        assert bool(pruned.blocks[i].masks.bool().any(dim=0).all())
+
+
+def test_domain_view_holds_only_that_domains_filters() -> None:
+    masked = randomize(build_model(tiny_spec()), 0.5, seed=4)
+    for d in range(3):
+        view = domain_view(masked, d)
+        assert view.spec.domain_names == (masked.spec.domain_names[d],)
+        assert [b.mid_channels for b in view.spec.blocks()] == [
+            len(k) for k in domain_filters(masked, d)
+        ]
+        assert all(bool(b.masks.all()) for b in view.blocks)
+
+
+def test_mixed_batch_equals_each_image_alone() -> None:
+    pruned = prune_to_union(randomize(build_model(tiny_spec()), 0.5, seed=5)).eval()
+    x = torch.randn(9, 3, 16, 16)
+    domains = torch.tensor([0, 2, 1, 1, 0, 2, 2, 0, 1])
+    with torch.no_grad():
+        mixed = pruned.forward_mixed(x, domains)
+        for i, d in enumerate(domains.tolist()):
+            alone = pruned(x[i : i + 1], d)[0]
+            assert mixed[i].shape == alone.shape
+            assert (mixed[i] - alone).abs().max().item() < TOL
+
+
+def test_mixed_batch_does_not_leak_between_domains() -> None:
+    """Changing one image's domain changes only that image's output."""
+    pruned = prune_to_union(randomize(build_model(tiny_spec(classes=(4,))), 0.5, seed=6)).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        a = pruned.forward_mixed(x, torch.tensor([0, 1, 2, 0]))
+        b = pruned.forward_mixed(x, torch.tensor([0, 1, 2, 1]))
+    for i in range(3):
+        assert torch.allclose(a[i], b[i], atol=1e-6)
+    assert not torch.allclose(a[3], b[3])
+
+
+def test_mixed_batch_refuses_training_mode() -> None:
+    model = build_model(tiny_spec()).train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.forward_mixed(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
