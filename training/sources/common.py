@@ -1,0 +1,151 @@
+"""What every real source shares: its error type, seeded splits and subsets, locating installed
+package data, and turning chosen items into a `DomainData`.
+
+Subsets are picked as indices *before* any image is decoded or resized, so a run with
+`train_limit=2000` never pays for the other 58,000 images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import DomainData, ImageSplit, images_from_arrays
+
+# Turns the chosen items (arrays or file paths) into stored images, plus a mask of the items that
+# could be read (files may be unreadable; arrays always are).
+Decoder = Callable[[Any], tuple[Tensor, np.ndarray]]
+
+
+class SourceError(ValueError):
+    """A domain entry that cannot be loaded; the message says what to install or fix."""
+
+
+def pick(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of at most `limit` of `n` items (all when None)."""
+    if limit is not None and limit < 0:
+        raise SourceError(f"a limit must be >= 0 or None, got {limit}")
+    if limit is None or limit >= n:
+        return np.arange(n)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+    return np.sort(perm.numpy())
+
+
+def stratified_split(
+    targets: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test indices with the same class proportions in both.
+
+    Every class with at least two items keeps at least one on each side.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise SourceError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(targets):
+        members = rng.permutation(np.flatnonzero(targets == label))
+        n_test = min(len(members) - 1, max(1, round(len(members) * test_fraction)))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def package_path(package: str, relative: str, install: str) -> Path:
+    """A data file inside an installed package, located without importing the package."""
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(f"package {package!r} is not installed; install it with: {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise SourceError(f"{path} is missing from package {package!r}; reinstall it: {install}")
+    return path
+
+
+def empty_images(resize: int) -> Tensor:
+    return torch.zeros((0, 3, resize, resize), dtype=torch.uint8)
+
+
+def decode_arrays(resize: int) -> Decoder:
+    """Decoder for in-memory uint8 arrays (grey or RGB): the eval path, every item readable."""
+
+    def decode(arrays: np.ndarray) -> tuple[Tensor, np.ndarray]:
+        return images_from_arrays(arrays, resize), np.ones(len(arrays), dtype=bool)
+
+    return decode
+
+
+def make_domain(
+    name: str,
+    labels: Sequence[str],
+    train: tuple[Any, np.ndarray],
+    test: tuple[Any, np.ndarray],
+    decode: Decoder,
+    *,
+    resize: int,
+    crop: int,
+    hflip: bool,
+    train_limit: int | None,
+    test_limit: int | None,
+    seed: int,
+) -> DomainData:
+    """Pick the seeded subsets of (items, targets) per split, decode only those, and check."""
+    if not 0 < crop <= resize:
+        raise SourceError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
+
+    def split(items: Any, targets: np.ndarray, limit: int | None, which: str) -> ImageSplit:
+        idx = pick(len(targets), limit, seed)
+        if not len(idx):
+            return ImageSplit(empty_images(resize), torch.zeros(0, dtype=torch.long))
+        images, ok = decode(
+            items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+        )
+        if not ok.any():
+            raise SourceError(f"{name}: no readable image in the {which} split")
+        return ImageSplit(images, torch.from_numpy(np.asarray(targets)[idx][ok]).long())
+
+    return DomainData(
+        name=name,
+        labels=tuple(labels),
+        train=split(*train, train_limit, "train"),
+        test=split(*test, test_limit, "test"),
+        resize=resize,
+        crop=crop,
+        hflip=hflip,
+    )
+
+
+def pooled_domain(
+    name: str,
+    labels: Sequence[str],
+    images: np.ndarray,
+    targets: np.ndarray,
+    *,
+    test_fraction: float,
+    resize: int,
+    crop: int,
+    hflip: bool,
+    train_limit: int | None,
+    test_limit: int | None,
+    seed: int,
+) -> DomainData:
+    """A dataset without an official test split: one pool of uint8 arrays, split stratified."""
+    train, test = stratified_split(targets, test_fraction, seed)
+    return make_domain(
+        name,
+        labels,
+        (images[train], targets[train]),
+        (images[test], targets[test]),
+        decode_arrays(resize),
+        resize=resize,
+        crop=crop,
+        hflip=hflip,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        seed=seed,
+    )

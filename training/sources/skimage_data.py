@@ -1,0 +1,109 @@
+"""Photos bundled with scikit-image (no download): texture patches and the small LFW face subset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..data import DomainData
+from .common import SourceError, decode_arrays, make_domain, pooled_domain
+
+SKIMAGE_INSTALL = "pip install scikit-image  (or: pip install '.[data]')"
+# Grey 512x512 texture photos that skimage ships in its wheel (others need pooch and a download).
+TEXTURE_PHOTOS = ("brick", "grass", "gravel")
+
+
+def _skimage_data() -> Any:
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise SourceError(f"this source needs scikit-image: {SKIMAGE_INSTALL}") from exc
+    return skimage.data
+
+
+def cut_patches(photo: np.ndarray, patch: int, stride: int, x0: int, x1: int) -> np.ndarray:
+    """All `patch`-square windows on a `stride` grid lying wholly in columns [x0, x1)."""
+    ys = range(0, photo.shape[0] - patch + 1, stride)
+    xs = range(x0, x1 - patch + 1, stride)
+    return np.stack([photo[y : y + patch, x : x + patch] for y in ys for x in xs])
+
+
+def textures(
+    name: str,
+    resize: int,
+    crop: int,
+    photos: tuple[str, ...] | list[str] = TEXTURE_PHOTOS,
+    patch: int = 64,
+    stride: int = 16,
+    test_fraction: float = 0.25,
+    hflip: bool = True,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+) -> DomainData:
+    """One class per texture photo; images are square patches.
+
+    Overlapping patches of one photo are nearly copies of each other, so the split is by region:
+    the left (1 - test_fraction) of every photo gives training patches, the right part test
+    patches, and no patch crosses the boundary.
+    """
+    unknown = sorted(set(photos) - set(TEXTURE_PHOTOS))
+    if unknown or not photos:
+        raise SourceError(f"photos must be among {TEXTURE_PHOTOS}, got {list(photos)}")
+    data = _skimage_data()
+    train, test = [], []
+    for label, photo_name in enumerate(photos):
+        photo = getattr(data, photo_name)()
+        width = photo.shape[1]
+        boundary = round(width * (1.0 - test_fraction))
+        if not patch <= boundary <= width - patch or stride < 1:
+            raise SourceError(
+                f"textures: {patch}px patches do not fit both sides of column {boundary} "
+                f"of a {width}px photo; lower patch or change test_fraction"
+            )
+        for out, (x0, x1) in ((train, (0, boundary)), (test, (boundary, width))):
+            cut = cut_patches(photo, patch, stride, x0, x1)
+            out.append((cut, np.full(len(cut), label, dtype=np.int64)))
+    return make_domain(
+        name,
+        tuple(photos),
+        (np.concatenate([c for c, _ in train]), np.concatenate([t for _, t in train])),
+        (np.concatenate([c for c, _ in test]), np.concatenate([t for _, t in test])),
+        decode_arrays(resize),
+        resize=resize,
+        crop=crop,
+        hflip=hflip,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        seed=seed,
+    )
+
+
+def lfw_faces(
+    name: str,
+    resize: int,
+    crop: int,
+    test_fraction: float = 0.25,
+    hflip: bool = True,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+) -> DomainData:
+    """skimage's LFW subset: 200 grey 25x25 images, the first 100 faces and the last 100 not."""
+    faces = _skimage_data().lfw_subset()
+    images = np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8)
+    targets = (np.arange(len(images)) >= 100).astype(np.int64)
+    return pooled_domain(
+        name,
+        ("face", "not_face"),
+        images,
+        targets,
+        test_fraction=test_fraction,
+        resize=resize,
+        crop=crop,
+        hflip=hflip,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        seed=seed,
+    )
