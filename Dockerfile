@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# The BAP inference server for an edge box: CPU-only torch, the bundled model inside, non-root.
+#   docker build -t bap-server .      (docker-compose.yml builds and runs it with Prometheus and Grafana)
+# Settings are BAP_* environment variables (server/config.py); the model store is a volume at /store.
+
+# Both stages must share one interpreter: the venv built in the first is copied into the second.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: install the project into /opt/venv with the same script as the README and CI ----
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    BAP_VENV=/opt/venv \
+    BAP_TORCH_INDEX=https://download.pytorch.org/whl/cpu \
+    BAP_EXTRAS="" \
+    BAP_SYSTEM_PACKAGES=""
+WORKDIR /app
+# Only what the server needs: no training, tests or benchmarks. setup.sh installs the project in
+# editable mode, so /app must sit at the same path in the final stage.
+COPY pyproject.toml README.md ./
+COPY scripts/setup.sh scripts/
+COPY model_store model_store
+COPY server server
+RUN scripts/setup.sh \
+ && /opt/venv/bin/python -c "import server, sys, torch; sys.exit(torch.version.cuda and 'torch is a CUDA build: check BAP_TORCH_INDEX')"
+
+# ---- final: the interpreter, the venv, the code and the model; no compilers, no pip cache ----
+FROM ${PYTHON_IMAGE}
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bap
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
+# The bundled model also seeds /store: mount a named volume there and Docker copies it in on
+# first start, so the store works out of the box and later versions can be published into it.
+COPY --from=build --chown=bap:bap /app/model_store/bundled /store
+WORKDIR /app
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    BAP_HOST=0.0.0.0 \
+    BAP_PORT=8000 \
+    BAP_STORE=/store \
+    BAP_MODEL=embedded
+USER bap
+EXPOSE 8000
+# Ready = model loaded, verified and warm (503 before). slim has no curl: urllib fails on non-2xx.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BAP_PORT', '8000') + '/readyz', timeout=4)"]
+# Exec form: SIGTERM reaches the server itself, which drains in-flight requests before exiting.
+CMD ["python", "-m", "server"]
