@@ -14,6 +14,8 @@ from typing import Any
 
 from ..data import DomainData
 from .common import SourceError
+from .decathlon import decathlon
+from .folders import folder, sketch
 from .packaged import animal_mnist, elpv, fashion_mnist, mnist
 from .skimage_data import lfw_faces, textures
 from .synthetic import synthetic_domain
@@ -22,6 +24,9 @@ SourceFn = Callable[..., DomainData]
 
 SOURCES: dict[str, SourceFn] = {
     "synthetic": synthetic_domain,
+    "folder": folder,
+    "decathlon": decathlon,
+    "sketch": sketch,
     "fashion_mnist": fashion_mnist,
     "mnist": mnist,
     "animal_mnist": animal_mnist,

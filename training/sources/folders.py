@@ -1,0 +1,95 @@
+"""Image folders with one sub-folder per class: the generic layout most users have, and the
+ImageNet-to-Sketch layout (`root/<dataset>/{train,test}/<class>/*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import DomainData
+from .common import SourceError, make_domain, stratified_split
+from .files import decode_files, scan_class_folders
+
+
+def folder(
+    name: str,
+    resize: int,
+    crop: int,
+    root: str,
+    test_fraction: float = 0.2,
+    hflip: bool = True,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+) -> DomainData:
+    """`root/train/<class>/*` + `root/test/<class>/*`, or `root/<class>/*` split stratified.
+
+    Labels are the sorted class folder names (of train/ when the split is given).
+    """
+    base = Path(root)
+    if (base / "train").is_dir() or (base / "test").is_dir():
+        return _split_folders(name, base, resize, crop, hflip, train_limit, test_limit, seed)
+    labels, paths, targets = scan_class_folders(base)
+    train, test = stratified_split(targets, test_fraction, seed)
+    return make_domain(
+        name,
+        labels,
+        ([paths[i] for i in train], targets[train]),
+        ([paths[i] for i in test], targets[test]),
+        decode_files(resize),
+        resize=resize,
+        crop=crop,
+        hflip=hflip,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        seed=seed,
+    )
+
+
+def sketch(
+    name: str,
+    resize: int,
+    crop: int,
+    root: str,
+    dataset: str | None = None,
+    hflip: bool = True,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+) -> DomainData:
+    """One dataset of the ImageNet-to-Sketch benchmark: `root/<dataset>/{train,test}/<class>/*`.
+
+    `dataset` defaults to the domain name (e.g. "cubs_cropped", "sketches", "wikiart").
+    """
+    base = Path(root) / (dataset or name)
+    return _split_folders(name, base, resize, crop, hflip, train_limit, test_limit, seed)
+
+
+def _split_folders(
+    name: str,
+    base: Path,
+    resize: int,
+    crop: int,
+    hflip: bool,
+    train_limit: int | None,
+    test_limit: int | None,
+    seed: int,
+) -> DomainData:
+    """Given train/ and test/ class folders; test classes must be training classes."""
+    missing = [s for s in ("train", "test") if not (base / s).is_dir()]
+    if missing:
+        raise SourceError(f"{base}: missing {' and '.join(missing)}/ (expected train/ and test/)")
+    labels, train_paths, train_targets = scan_class_folders(base / "train")
+    _, test_paths, test_targets = scan_class_folders(base / "test", labels)
+    return make_domain(
+        name,
+        labels,
+        (train_paths, train_targets),
+        (test_paths, test_targets),
+        decode_files(resize),
+        resize=resize,
+        crop=crop,
+        hflip=hflip,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        seed=seed,
+    )
