@@ -1,0 +1,80 @@
+"""`python -m server` / `bap-serve`: flags (or BAP_* variables) -> Settings -> uvicorn.
+
+Every Settings field is a flag of the same name; a flag wins over its environment variable.
+Bad settings and a missing model stop the process with one line that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from model_store import ArtifactError, version_path
+
+from .app import create_app
+from .config import Settings
+
+log = logging.getLogger("server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bap-serve", description="Serve a budget-pruned multi-domain model over HTTP."
+    )
+    for name, field in Settings.model_fields.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            default=None,
+            metavar=name.upper(),
+            help=f"{field.description} (env BAP_{name.upper()})",
+        )
+    return parser
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    """Flags over environment over defaults; exits with the fix on a bad value."""
+    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        sys.exit(f"bap-serve: invalid settings: {problems}")
+
+
+def check_model(settings: Settings) -> None:
+    """Fail before starting uvicorn if there is no model to serve, naming the fix."""
+    try:
+        version_path(settings.store, settings.model)
+    except (ArtifactError, ValueError) as exc:
+        sys.exit(
+            f"bap-serve: no model {settings.model!r} to serve in store {settings.store}: {exc}\n"
+            "Fix: build the bundled model with `make embedded`, or point --store / BAP_STORE and "
+            "--model / BAP_MODEL at a store that holds a published version."
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    check_model(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # the metrics count every request; the log stays quiet
+        timeout_graceful_shutdown=settings.drain_seconds,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""create_app(settings): the lifespan (load, verify, warm, batch; drain on exit), routes, metrics.
+
+Start-up: load CURRENT and warm every domain, start the batcher, and only then answer /readyz.
+SIGHUP reloads like POST /admin/reload. Shutdown: uvicorn stops accepting connections and waits
+for in-flight requests (their images are still batched); then the batcher runs whatever is left
+and stops, and the inference thread exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI
+from prometheus_client import make_asgi_app
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import errors, routes
+from .batching import Batcher
+from .config import Settings
+from .holder import CandidateRefused, ModelHolder
+from .metrics import Metrics
+from .middleware import BodyLimit, RequestMetrics
+from .runner import configure_threads, predict
+
+log = logging.getLogger(__name__)
+
+
+class _Endpoint:
+    """Serves an ASGI app at one exact path (a Mount would redirect /metrics to /metrics/)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+@contextlib.contextmanager
+def _reload_on_sighup(holder: ModelHolder) -> Iterator[None]:
+    """SIGHUP -> holder.reload() on the event loop (main thread only; a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[object]] = set()
+
+    async def reload() -> None:
+        with contextlib.suppress(CandidateRefused):  # already logged and counted by the holder
+            await holder.reload()
+
+    def on_signal() -> None:
+        task = loop.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_signal)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A ready-to-serve app; nothing is loaded until its lifespan starts."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    holder = ModelHolder(settings.store, settings.model, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_threads(settings.torch_threads)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bap-inference")
+        batcher = Batcher(
+            predict,
+            executor,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000,
+            max_queue=settings.max_queue,
+            policy=settings.batching,
+            observer=metrics,
+        )
+        try:
+            await holder.reload()
+            batcher.start()
+            app.state.batcher = batcher
+            log.info("ready model=%s batching=%s", settings.model, settings.batching)
+            with _reload_on_sighup(holder):
+                yield
+        finally:
+            app.state.batcher = None  # /readyz and new requests answer 503 from here on
+            await batcher.close()
+            executor.shutdown(wait=True)
+            log.info("stopped")
+
+    app = FastAPI(
+        title="BAP inference server",
+        summary="One budget-pruned ResNet serving many image domains",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.holder, app.state.batcher = settings, holder, None
+    errors.install(app)
+    app.include_router(routes.router)
+    app.router.routes.append(
+        Route("/metrics", _Endpoint(make_asgi_app(metrics.registry)), include_in_schema=False)
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees every 413 too
+    return app

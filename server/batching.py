@@ -1,0 +1,212 @@
+"""Dynamic batching: bounded queues per domain, batches closed at max size or max delay.
+
+Knows nothing of images or models. An item is an opaque payload with a domain name and a lane;
+`run` (called in the inference executor, off the event loop) gets one Batch and returns one
+result per item, in order. A lane is one loaded model version: items of different lanes never
+share a batch, so a reload never mixes versions and in-flight items finish on the version that
+accepted them.
+
+Which items form a batch (`policy`):
+- per-domain: only one domain's items, run through that domain's own filters. A batch closes when
+  any domain has `max_batch_size` items queued, or when the oldest item has waited `max_delay`.
+- mixed: the oldest items of any domains, run in one pass over the shared filters. A batch closes
+  when `max_batch_size` items are queued in total, or at the oldest item's deadline.
+- auto: a domain that alone fills a batch runs on its own (the cheapest path per image);
+  otherwise, when the total fills a batch or the oldest item is due, the batch is mixed if more
+  than one domain is waiting and per-domain if only one is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+RunPath = Literal["domain", "mixed"]
+POLICIES = ("per-domain", "mixed", "auto")
+
+
+class QueueFull(Exception):
+    """A domain's queue holds max_queue items; the client should retry shortly."""
+
+    def __init__(self, domain: str, limit: int):
+        super().__init__(f"the queue for domain {domain!r} is full ({limit} images waiting)")
+        self.domain = domain
+
+
+class BatcherClosed(Exception):
+    """The server is draining for shutdown and accepts no new work."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one call of `run` processes: all items share the lane; one domain unless mixed."""
+
+    lane: Any
+    path: RunPath
+    domains: list[str]
+    payloads: list[Any]
+    waits: list[float]  # seconds each item spent queued
+
+
+class BatchObserver(Protocol):
+    """Receives queue and batch events (the metrics implement this)."""
+
+    def queued(self, domain: str, delta: int) -> None: ...
+
+    def ran(self, batch: Batch, seconds: float) -> None: ...
+
+
+@dataclass(eq=False)
+class _Item:
+    lane: Hashable
+    domain: str
+    payload: Any
+    seq: int
+    enqueued: float
+    future: asyncio.Future[Any] = field(repr=False)
+
+
+class Batcher:
+    """Collects submitted items into batches and runs them one at a time in `executor`."""
+
+    def __init__(
+        self,
+        run: Callable[[Batch], Sequence[Any]],
+        executor: Executor,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        policy: str = "auto",
+        observer: BatchObserver | None = None,
+    ):
+        if policy not in POLICIES:
+            raise ValueError(f"batching policy must be one of {POLICIES}, got {policy!r}")
+        self._run, self._executor, self._observer = run, executor, observer
+        self.max_batch_size, self.max_delay_s, self.max_queue = (
+            max_batch_size,
+            max_delay_s,
+            max_queue,
+        )
+        self.policy = policy
+        self._queues: dict[tuple[Hashable, str], deque[_Item]] = {}
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="bap-batcher")
+
+    async def close(self) -> None:
+        """Refuse new items, run every queued one without waiting for deadlines, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, lane: Hashable, domain: str, payload: Any) -> Any:
+        """Queue one item and wait for its own result."""
+        if self._closing:
+            raise BatcherClosed("the server is shutting down")
+        queue = self._queues.setdefault((lane, domain), deque())
+        if len(queue) >= self.max_queue:
+            raise QueueFull(domain, self.max_queue)
+        loop = asyncio.get_running_loop()
+        item = _Item(lane, domain, payload, next(self._seq), time.monotonic(), loop.create_future())
+        queue.append(item)
+        self._notify_queued(domain, 1)
+        self._wake.set()
+        return await item.future
+
+    def _notify_queued(self, domain: str, delta: int) -> None:
+        if self._observer is not None:
+            self._observer.queued(domain, delta)
+
+    async def _loop(self) -> None:
+        while (batch := await self._next_batch()) is not None:
+            await self._execute(*batch)
+
+    async def _next_batch(self) -> tuple[RunPath, list[_Item]] | None:
+        while True:
+            self._wake.clear()
+            if not self._queues:
+                if self._closing:
+                    return None
+                await self._wake.wait()
+                continue
+            oldest = min((q[0] for q in self._queues.values()), key=lambda item: item.seq)
+            deadline = oldest.enqueued + self.max_delay_s
+            due = self._closing or time.monotonic() >= deadline
+            choice = self._choose(oldest, due)
+            if choice is not None:
+                path, domains = choice
+                return path, self._take(oldest.lane, domains)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await self._wake.wait()
+
+    def _choose(self, oldest: _Item, due: bool) -> tuple[RunPath, list[str]] | None:
+        """Which path and which domains' queues the next batch takes, or None to keep waiting."""
+        waiting = {d: q for (lane, d), q in self._queues.items() if lane == oldest.lane}
+        full = [d for d, q in waiting.items() if len(q) >= self.max_batch_size]
+        filled = sum(len(q) for q in waiting.values()) >= self.max_batch_size
+        if self.policy != "mixed" and full:
+            return "domain", [min(full, key=lambda d: waiting[d][0].seq)]
+        if self.policy == "per-domain":
+            return ("domain", [oldest.domain]) if due else None
+        if not (due or filled):
+            return None
+        if self.policy == "auto" and len(waiting) == 1:
+            return "domain", [oldest.domain]
+        return "mixed", list(waiting)
+
+    def _take(self, lane: Hashable, domains: list[str]) -> list[_Item]:
+        """Pop up to max_batch_size items, oldest first, from these domains' queues."""
+        taken: list[_Item] = []
+        while len(taken) < self.max_batch_size:
+            heads = [self._queues[(lane, d)] for d in domains if (lane, d) in self._queues]
+            if not heads:
+                break
+            queue = min(heads, key=lambda q: q[0].seq)
+            item = queue.popleft()
+            if not queue:
+                del self._queues[(lane, item.domain)]
+            self._notify_queued(item.domain, -1)
+            if not item.future.done():  # a cancelled request (client gone) is not computed
+                taken.append(item)
+        return taken
+
+    async def _execute(self, path: RunPath, items: list[_Item]) -> None:
+        if not items:
+            return
+        started = time.monotonic()
+        batch = Batch(
+            lane=items[0].lane,
+            path=path,
+            domains=[i.domain for i in items],
+            payloads=[i.payload for i in items],
+            waits=[started - i.enqueued for i in items],
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, self._run, batch)
+            if len(results) != len(items):
+                raise RuntimeError(f"run returned {len(results)} results for {len(items)} items")
+        except Exception as exc:  # the batch's requests fail; the loop keeps serving
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        if self._observer is not None:
+            self._observer.ran(batch, time.monotonic() - started)
+        for item, result in zip(items, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)

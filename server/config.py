@@ -1,0 +1,77 @@
+"""Every server setting, read once at start-up into one typed object (env prefix BAP_).
+
+`python -m server` maps each field to a flag of the same name (`--max-batch-size`), and flags
+win over the environment. The app receives the object from `create_app`, never from a global.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Request
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BatchingPolicy = Literal["per-domain", "mixed", "auto"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+MIN_TOKEN_LENGTH = 16
+
+
+def bundled_store() -> Path:
+    """The store that ships inside the model_store package (the default model)."""
+    return Path(str(files("model_store").joinpath("bundled")))
+
+
+class Settings(BaseSettings):
+    """Server settings; each is also the environment variable BAP_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="BAP_", extra="forbid")
+
+    store: Path = Field(default_factory=bundled_store, description="model store folder")
+    model: str = Field("embedded", description="model name inside the store")
+    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 inside a container)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="images per batch at most")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, le=10_000, description="how long the oldest queued image may wait for others"
+    )
+    max_queue: int = Field(64, ge=1, description="queued images per domain before 503")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="request body limit (413)")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="decoded image size limit, checked before decoding (413)"
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    admin_token: SecretStr | None = Field(
+        None, description=f"enables POST /admin/reload; {MIN_TOKEN_LENGTH}+ characters"
+    )
+    log_level: LogLevel = Field("info", description="log level")
+    batching: BatchingPolicy = Field(
+        "auto", description="per-domain, mixed (one pass across domains) or auto (see batching.py)"
+    )
+    drain_seconds: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # Compose files pass `BAP_ADMIN_TOKEN=${BAP_ADMIN_TOKEN:-}`: empty means "not configured".
+        return None if value == "" else value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"admin token must be at least {MIN_TOKEN_LENGTH} characters "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`), "
+                "or leave it unset to disable /admin/reload"
+            )
+        return value
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings, as a dependency (tests build apps with other settings)."""
+    return request.app.state.settings

@@ -1,0 +1,56 @@
+"""Dependencies as `Annotated` aliases: settings, the served version, the batcher, admin auth."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from .batching import Batcher
+from .config import Settings, get_settings
+from .errors import Forbidden, NotReady, Unauthorized
+from .holder import ModelHolder
+from .runner import Served
+
+
+def get_holder(request: Request) -> ModelHolder:
+    return request.app.state.holder
+
+
+def get_batcher(request: Request) -> Batcher:
+    batcher = request.app.state.batcher
+    if batcher is None:
+        raise NotReady("the server is starting or shutting down; retry shortly")
+    return batcher
+
+
+def get_served(request: Request, holder: Annotated[ModelHolder, Depends(get_holder)]) -> Served:
+    """The version this request will use, fixed when the request starts."""
+    if holder.current is None or request.app.state.batcher is None:
+        raise NotReady("the model is not loaded and warmed yet; retry shortly")
+    return holder.current
+
+
+def require_admin(
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    """Bearer token check; admin routes are off entirely unless a token is configured."""
+    if settings.admin_token is None:
+        raise Forbidden("admin endpoints are disabled; set BAP_ADMIN_TOKEN to enable them")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized(
+            "send the admin token as `Authorization: Bearer <token>`",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(token.encode(), settings.admin_token.get_secret_value().encode()):
+        raise Forbidden("wrong admin token")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+HolderDep = Annotated[ModelHolder, Depends(get_holder)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+ServedDep = Annotated[Served, Depends(get_served)]
+AdminDep = Depends(require_admin)

@@ -1,0 +1,135 @@
+"""Typed errors and their one mapping to a status code and a JSON body.
+
+Every error a client can cause becomes `{"error": CODE, "detail": "..."}` with a 4xx or 503
+status; only a bug in the server becomes a 500, whose traceback goes to the log, not the body.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from model_store import ImageError, ImageTooLarge
+
+from .batching import BatcherClosed, QueueFull
+from .holder import CandidateRefused
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_SECONDS = "1"
+
+
+class ApiError(Exception):
+    """An error with its HTTP status and code; subclasses only set the two class attributes."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail, self.headers = detail, headers
+
+
+class BadImage(ApiError):
+    status, code = 400, "bad_image"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class UnknownDomain(ApiError):
+    status, code = 404, "unknown_domain"
+
+
+class ReloadRefused(ApiError):
+    status, code = 409, "reload_refused"
+
+
+class TooLarge(ApiError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class BadParameters(ApiError):
+    status, code = 422, "invalid_parameters"
+
+
+class Unavailable(ApiError):
+    """503: not ready, draining or queue full; always says when to come back."""
+
+    status, code = 503, "unavailable"
+
+    def __init__(self, detail: str):
+        super().__init__(detail, {"Retry-After": RETRY_AFTER_SECONDS})
+
+
+class NotReady(Unavailable):
+    code = "not_ready"
+
+
+class Overloaded(Unavailable):
+    code = "queue_full"
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    body = {"error": exc.code, "detail": exc.detail}
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def _translate(exc: Exception) -> ApiError:
+    """Errors raised outside this module (model_store, batching, FastAPI) as our typed ones."""
+    if isinstance(exc, ImageTooLarge):
+        return TooLarge(str(exc))
+    if isinstance(exc, ImageError):
+        return BadImage(str(exc))
+    if isinstance(exc, QueueFull):
+        return Overloaded(f"{exc}; retry after {RETRY_AFTER_SECONDS} s")
+    if isinstance(exc, BatcherClosed):
+        return NotReady(str(exc))
+    if isinstance(exc, CandidateRefused):
+        return ReloadRefused(str(exc))
+    if isinstance(exc, RequestValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return BadParameters("; ".join(parts) or "invalid request parameters")
+    if isinstance(exc, HTTPException):  # routing (404/405) and malformed multipart (400)
+        error = ApiError(str(exc.detail), exc.headers)
+        error.status, error.code = exc.status_code, _http_code(exc.status_code)
+        return error
+    return exc if isinstance(exc, ApiError) else ApiError("internal error; see the server log")
+
+
+def _http_code(status: int) -> str:
+    return {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(status, "error")
+
+
+async def handle(request: Request, exc: Exception) -> JSONResponse:
+    error = _translate(exc)
+    if error.status >= 500 and not isinstance(error, Unavailable):
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(error)
+
+
+def install(app: FastAPI) -> None:
+    """Register the one handler for every error type the app can meet."""
+    for kind in (
+        ApiError,
+        ImageError,
+        QueueFull,
+        BatcherClosed,
+        CandidateRefused,
+        RequestValidationError,
+        HTTPException,
+        Exception,
+    ):
+        app.add_exception_handler(kind, handle)

@@ -1,0 +1,156 @@
+"""Every Prometheus metric, defined once on the app's own registry.
+
+Seconds and histograms throughout, so p99 can be aggregated across instances. A `domain` label
+only takes the served model's domain names (anything else is counted as "unknown"), so clients
+cannot create series. What the model costs per domain is read from the active version's
+manifest at scrape time, so a reload changes it without any bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .batching import Batch
+
+if TYPE_CHECKING:
+    from .runner import Served
+
+UNKNOWN = "unknown"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Totals keys in the manifest -> the `scope` label of bap_model_parameters.
+PARAMETER_SCOPES = {
+    "pruned": "parameters",
+    "single_domain": "single_domain_parameters",
+    "independent": "independent_parameters",
+}
+
+
+class ModelCollector(Collector):
+    """Reads the active version at scrape time: per-domain cost, model size, identity."""
+
+    def __init__(self, active: Callable[[], Served | None]):
+        self._active = active
+
+    def collect(self) -> Iterator[Metric]:
+        served = self._active()
+        if served is None:
+            return
+        m = served.manifest
+        params = GaugeMetricFamily(
+            "bap_domain_parameters", "Parameters one domain's filters use", labels=["domain"]
+        )
+        macs = GaugeMetricFamily(
+            "bap_domain_macs", "Multiply-accumulates per image of one domain", labels=["domain"]
+        )
+        for name, metrics in m.domains.items():
+            params.add_metric([name], metrics.parameters)
+            macs.add_metric([name], metrics.macs)
+        model = GaugeMetricFamily(
+            "bap_model_parameters",
+            "Parameters: the stored pruned model, one single-domain ResNet-26, N independent ones",
+            labels=["scope"],
+        )
+        for scope, key in PARAMETER_SCOPES.items():
+            if (value := m.totals.get(key)) is not None:
+                model.add_metric([scope], value)
+        info = GaugeMetricFamily(
+            "bap_model_info", "The served version (value 1)", labels=["name", "version", "budget"]
+        )
+        info.add_metric([m.name, m.version, f"{m.budget:g}"], 1)
+        load = GaugeMetricFamily("bap_model_load_seconds", "Load + verify + warm-up time")
+        load.add_metric([], served.load_seconds)
+        yield from (params, macs, model, info, load)
+
+
+class Metrics:
+    """The registry and every metric; also the batcher's observer."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.request_duration = Histogram(
+            "bap_request_duration_seconds",
+            "Classify request time, body read to response",
+            ["domain", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "bap_requests", "Classify requests by outcome", ["domain", "code"], registry=r
+        )
+        self.inflight = Gauge("bap_inflight_requests", "Classify requests in progress", registry=r)
+        self.queue_wait = Histogram(
+            "bap_queue_wait_seconds",
+            "Time an image waited for its batch",
+            ["domain"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "bap_inference_duration_seconds",
+            "Forward time of the batch an image ran in",
+            ["domain"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "bap_batch_size",
+            "Images of this domain in each batch it ran in",
+            ["domain"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batches = Counter(
+            "bap_batches",
+            "Batches by path: domain (own filters only) or mixed (one pass, many domains)",
+            ["domain", "path"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "bap_queue_depth", "Images waiting for a batch", ["domain"], registry=r
+        )
+        self.reloads = Counter(
+            "bap_model_reloads", "Reload attempts by result", ["result"], registry=r
+        )
+        self.served: Served | None = None
+        self._known: frozenset[str] = frozenset()
+        r.register(ModelCollector(lambda: self.served))
+
+    def domain_label(self, name: str | None) -> str:
+        """The label value for a client-supplied domain name: known names only."""
+        return name if name in self._known else UNKNOWN
+
+    def model_loaded(self, served: Served) -> None:
+        """Accept the version's domains as label values and create their series at zero."""
+        names = list(served.index)
+        self.served, self._known = served, frozenset(names)
+        for name in [*names, UNKNOWN]:
+            self.request_duration.labels(name, "200")
+            self.requests.labels(name, "200")
+        for name in names:
+            self.queue_wait.labels(name)
+            self.inference_duration.labels(name)
+            self.batch_size.labels(name)
+            self.queue_depth.labels(name)
+            for path in ("domain", "mixed"):
+                self.batches.labels(name, path)
+
+    def observe_request(self, domain: str, code: int, seconds: float) -> None:
+        self.request_duration.labels(domain, str(code)).observe(seconds)
+        self.requests.labels(domain, str(code)).inc()
+
+    def queued(self, domain: str, delta: int) -> None:
+        self.queue_depth.labels(domain).inc(delta)
+
+    def ran(self, batch: Batch, seconds: float) -> None:
+        for domain, wait in zip(batch.domains, batch.waits, strict=True):
+            self.queue_wait.labels(domain).observe(wait)
+        for domain in set(batch.domains):
+            self.batch_size.labels(domain).observe(batch.domains.count(domain))
+            self.batches.labels(domain, batch.path).inc()
+            self.inference_duration.labels(domain).observe(seconds)

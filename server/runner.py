@@ -1,0 +1,104 @@
+"""The serving hooks as plain functions: setup, decode, predict (batch + unbatch), encode.
+
+No HTTP here. `setup` turns a verified version into a `Served`: the pruned union network (for
+batches that mix domains) and, per domain, a view that computes only that domain's own filters
+(the cheapest path for a one-domain batch). Every path is run once before the version is served.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from model_store import (
+    Manifest,
+    MultiDomainResNet,
+    domain_view,
+    load_version,
+    preprocess_bytes,
+)
+
+from .batching import Batch
+from .schemas import Prediction
+
+
+@dataclass(eq=False)
+class Served:
+    """One loaded, verified and warmed version; also the batcher's lane, so compared by identity."""
+
+    manifest: Manifest
+    model: MultiDomainResNet
+    views: dict[str, MultiDomainResNet]
+    load_seconds: float = 0.0
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {name: i for i, name in enumerate(self.manifest.spec.domain_names)}
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def configure_threads(threads: int | None) -> None:
+    """Torch's intra-op threads for the one inference thread (None keeps torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def setup(store: Path, name: str) -> Served:
+    """Load CURRENT (sha256-verified), build each domain's view, warm every path."""
+    started = time.monotonic()
+    manifest, model = load_version(store, name)
+    views = {d: domain_view(model, i).eval() for i, d in enumerate(manifest.spec.domain_names)}
+    served = Served(manifest, model.eval(), views)
+    warm_up(served)
+    served.load_seconds = time.monotonic() - started
+    return served
+
+
+def warm_up(served: Served) -> None:
+    """Run each domain's view and one mixed batch once, so the first request pays no set-up."""
+    names = list(served.index)
+    side = served.manifest.spec.input_size
+    for path, domains in [("domain", [d]) for d in names] + [("mixed", names)]:
+        images = [torch.zeros(3, side, side) for _ in domains]
+        predict(Batch(served, path, domains, images, [0.0] * len(domains)))
+
+
+def decode(served: Served, domain: str, data: bytes, max_pixels: int) -> Tensor:
+    """Request bytes -> this domain's network input (raises ImageError / ImageTooLarge)."""
+    pre = served.manifest.spec.domains[served.index[domain]].preprocess
+    return preprocess_bytes(data, pre, max_pixels)
+
+
+def predict(batch: Batch) -> list[Tensor]:
+    """The batcher's run hook: one softmax vector per image, in the batch's order."""
+    served: Served = batch.lane
+    x = torch.stack(batch.payloads)
+    with torch.inference_mode():
+        if batch.path == "domain":
+            if len(set(batch.domains)) != 1:
+                raise RuntimeError("a domain-path batch must hold one domain")
+            logits = list(served.views[batch.domains[0]](x, 0))
+        else:
+            indices = torch.tensor([served.index[d] for d in batch.domains], dtype=torch.long)
+            logits = served.model.forward_mixed(x, indices)
+        probs = [row.softmax(-1) for row in logits]
+    if len(probs) != len(batch.payloads):  # unbatch must give exactly one output per input
+        raise RuntimeError(f"{len(probs)} outputs for {len(batch.payloads)} images")
+    return probs
+
+
+def encode(served: Served, domain: str, probs: Tensor, top_k: int) -> list[Prediction]:
+    """Top-k labels with their softmax scores, best first."""
+    labels = served.manifest.spec.domains[served.index[domain]].labels
+    scores, indices = probs.topk(min(top_k, len(labels)))
+    return [
+        Prediction(label=labels[i], index=i, score=s)
+        for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
+    ]

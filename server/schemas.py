@@ -1,0 +1,67 @@
+"""Response and error bodies: what clients see, separate from the model's own objects."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    label: str
+    index: int = Field(description="class index in the domain's label list")
+    score: float = Field(description="softmax probability")
+
+
+class ClassifyResponse(BaseModel):
+    domain: str
+    model_version: str
+    predictions: list[Prediction] = Field(description="top-k, best first")
+
+
+class BatchItem(BaseModel):
+    filename: str | None
+    predictions: list[Prediction]
+
+
+class BatchResponse(BaseModel):
+    domain: str
+    model_version: str
+    results: list[BatchItem] = Field(description="one per `file` part, in order")
+
+
+class DomainInfo(BaseModel):
+    name: str
+    labels: list[str]
+    accuracy: float | None = Field(description="test accuracy measured at publish time")
+    parameters: int = Field(description="parameters this domain's own filters use")
+    macs: int = Field(description="multiply-accumulates per image")
+    cost_fraction: float = Field(description="cost vs the single-domain backbone (budget unit)")
+
+
+class DomainsResponse(BaseModel):
+    model: str
+    version: str
+    budget: float
+    budget_unit: str
+    totals: dict[str, float]
+    domains: list[DomainInfo]
+
+
+class Status(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    model: str
+    version: str
+
+
+class Reloaded(BaseModel):
+    status: str
+    previous: str | None
+    version: str
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="machine-readable code, e.g. unknown_domain")
+    detail: str = Field(description="what was wrong and what is accepted")
