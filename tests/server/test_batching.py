@@ -1,0 +1,153 @@
+"""The batcher alone (no model, no HTTP): which items share a batch, and that each gets its own.
+
+Deadlines are set far beyond the test's run time, so every batch here closes by size or by
+close(); nothing depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from server.batching import Batch, Batcher, BatcherClosed, QueueFull
+
+pytestmark = pytest.mark.anyio
+NEVER = 3600.0  # seconds: a deadline no test reaches
+
+
+class Recorder:
+    """A fake model: records every batch and answers each payload with (domain, payload)."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def __call__(self, batch: Batch) -> list[Any]:
+        self.batches.append(batch)
+        return list(zip(batch.domains, batch.payloads, strict=True))
+
+    def shapes(self) -> list[tuple[str, list[str]]]:
+        return [(b.path, b.domains) for b in self.batches]
+
+
+@asynccontextmanager
+async def batcher(run: Any, **kwargs: Any) -> AsyncIterator[Batcher]:
+    options = {"max_batch_size": 4, "max_delay_s": NEVER, "max_queue": 16} | kwargs
+    with ThreadPoolExecutor(1) as executor:
+        b = Batcher(run, executor, **options)
+        b.start()
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def submit_all(b: Batcher, items: list[tuple[str, int]], lane: object = "v1") -> list[Any]:
+    return await asyncio.gather(*(b.submit(lane, d, p) for d, p in items))
+
+
+async def test_batch_closes_at_size_and_each_item_gets_its_own_result() -> None:
+    run = Recorder()
+    async with batcher(run, policy="per-domain") as b:
+        items = [("a", i) for i in range(8)]
+        assert await submit_all(b, items) == items
+    assert run.shapes() == [("domain", ["a"] * 4)] * 2
+
+
+async def test_per_domain_never_mixes_domains() -> None:
+    run = Recorder()
+    async with batcher(run, policy="per-domain") as b:
+        items = [(d, i) for i in range(4) for d in "abc"]  # interleaved arrivals
+        assert await submit_all(b, items) == items
+    assert sorted(run.shapes()) == [("domain", [d] * 4) for d in "abc"]
+
+
+async def test_mixed_takes_oldest_items_of_any_domain() -> None:
+    run = Recorder()
+    async with batcher(run, policy="mixed", max_batch_size=6) as b:
+        items = [(d, i) for i in range(2) for d in "abc"]
+        assert await submit_all(b, items) == items
+    assert run.shapes() == [("mixed", [d for d, _ in items])]
+
+
+async def test_auto_runs_a_domain_alone_when_it_fills_a_batch() -> None:
+    run = Recorder()
+    async with batcher(run, policy="auto") as b:
+        await submit_all(b, [("a", i) for i in range(4)])
+    assert run.shapes() == [("domain", ["a"] * 4)]
+
+
+async def test_auto_mixes_when_traffic_is_spread() -> None:
+    run = Recorder()
+    async with batcher(run, policy="auto", max_batch_size=6) as b:
+        await submit_all(b, [(d, i) for i in range(2) for d in "abc"])
+    assert [path for path, _ in run.shapes()] == ["mixed"]
+
+
+async def test_close_runs_queued_items_without_waiting_for_their_deadline() -> None:
+    run = Recorder()
+    async with batcher(run, policy="auto", max_batch_size=64) as b:
+        pending = asyncio.gather(b.submit("v1", "a", 1), b.submit("v1", "b", 2))
+        await asyncio.sleep(0)  # let both enqueue
+        await b.close()
+        assert await pending == [("a", 1), ("b", 2)]
+        with pytest.raises(BatcherClosed):
+            await b.submit("v1", "a", 3)
+    # Two domains were waiting at close, so auto ran them as one mixed batch.
+    assert run.shapes() == [("mixed", ["a", "b"])]
+
+
+async def test_full_queue_refuses_and_the_rest_still_run() -> None:
+    run = Recorder()
+    async with batcher(run, policy="per-domain", max_batch_size=64, max_queue=2) as b:
+        first = asyncio.gather(b.submit("v1", "a", 1), b.submit("v1", "a", 2))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="'a'"):
+            await b.submit("v1", "a", 3)
+        other = asyncio.ensure_future(b.submit("v1", "b", 4))  # other domains have their own
+        await asyncio.sleep(0)
+        await b.close()
+        assert await first == [("a", 1), ("a", 2)]
+        assert await other == ("b", 4)
+
+
+async def test_lanes_never_share_a_batch() -> None:
+    run = Recorder()
+    async with batcher(run, policy="mixed", max_batch_size=64) as b:
+        old = asyncio.gather(*(b.submit("v1", d, 0) for d in "ab"))
+        new = asyncio.gather(*(b.submit("v2", d, 1) for d in "ab"))
+        await asyncio.sleep(0)
+        await b.close()
+        await old, await new
+    assert [(batch.lane, batch.domains) for batch in run.batches] == [
+        ("v1", ["a", "b"]),
+        ("v2", ["a", "b"]),
+    ]
+
+
+async def test_a_failing_batch_fails_only_its_items() -> None:
+    def run(batch: Batch) -> list[Any]:
+        if batch.payloads[0] == "boom":
+            raise RuntimeError("model exploded")
+        return batch.payloads
+
+    async with batcher(run, policy="per-domain", max_batch_size=1) as b:
+        with pytest.raises(RuntimeError, match="exploded"):
+            await b.submit("v1", "a", "boom")
+        assert await b.submit("v1", "a", "fine") == "fine"
+
+
+async def test_a_wrong_result_count_is_an_error_not_a_misrouted_answer() -> None:
+    async with batcher(lambda batch: batch.payloads[:-1], policy="mixed", max_batch_size=2) as b:
+        with pytest.raises(RuntimeError, match="1 results for 2 items"):
+            await submit_all(b, [("a", 1), ("b", 2)])
+
+
+async def test_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="per-domain"):
+        async with batcher(Recorder(), policy="fastest"):
+            pass
