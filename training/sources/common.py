@@ -8,6 +8,7 @@ Subsets are picked as indices *before* any image is decoded or resized, so a run
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ from torch import Tensor
 
 from ..data import DomainData, ImageSplit, images_from_arrays
 
-# Turns the chosen items (arrays or file paths) into stored images, plus a mask of the items that
-# could be read (files may be unreadable; arrays always are).
-Decoder = Callable[[Any], tuple[Tensor, np.ndarray]]
+# (chosen items, resize) -> stored images, plus a mask of the items that could be read
+# (files may be unreadable; arrays always are).
+Decoder = Callable[[Any, int], tuple[Tensor, np.ndarray]]
 
 
 class SourceError(ValueError):
@@ -28,13 +29,14 @@ class SourceError(ValueError):
 
 
 def pick(n: int, limit: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded random subset of at most `limit` of `n` items (all when None)."""
+    """Indices of a seeded random subset of at most `limit` of `n` items (all when None).
+
+    Always in shuffled order, so any prefix of a split is a fair sample of it (class-sorted
+    folders would otherwise bias statistics taken from the first images).
+    """
     if limit is not None and limit < 0:
         raise SourceError(f"a limit must be >= 0 or None, got {limit}")
-    if limit is None or limit >= n:
-        return np.arange(n)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
-    return np.sort(perm.numpy())
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].numpy()
 
 
 def stratified_split(
@@ -71,13 +73,27 @@ def empty_images(resize: int) -> Tensor:
     return torch.zeros((0, 3, resize, resize), dtype=torch.uint8)
 
 
-def decode_arrays(resize: int) -> Decoder:
+def decode_arrays(arrays: np.ndarray, resize: int) -> tuple[Tensor, np.ndarray]:
     """Decoder for in-memory uint8 arrays (grey or RGB): the eval path, every item readable."""
+    return images_from_arrays(arrays, resize), np.ones(len(arrays), dtype=bool)
 
-    def decode(arrays: np.ndarray) -> tuple[Tensor, np.ndarray]:
-        return images_from_arrays(arrays, resize), np.ones(len(arrays), dtype=bool)
 
-    return decode
+@dataclass(frozen=True)
+class Options:
+    """The arguments every real source takes, carried as one value from its signature on."""
+
+    resize: int
+    crop: int
+    hflip: bool
+    train_limit: int | None
+    test_limit: int | None
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop <= self.resize:
+            raise SourceError(
+                f"need 0 < crop <= resize, got crop={self.crop}, resize={self.resize}"
+            )
 
 
 def make_domain(
@@ -86,25 +102,16 @@ def make_domain(
     train: tuple[Any, np.ndarray],
     test: tuple[Any, np.ndarray],
     decode: Decoder,
-    *,
-    resize: int,
-    crop: int,
-    hflip: bool,
-    train_limit: int | None,
-    test_limit: int | None,
-    seed: int,
+    opts: Options,
 ) -> DomainData:
     """Pick the seeded subsets of (items, targets) per split, decode only those, and check."""
-    if not 0 < crop <= resize:
-        raise SourceError(f"need 0 < crop <= resize, got crop={crop}, resize={resize}")
 
     def split(items: Any, targets: np.ndarray, limit: int | None, which: str) -> ImageSplit:
-        idx = pick(len(targets), limit, seed)
+        idx = pick(len(targets), limit, opts.seed)
         if not len(idx):
-            return ImageSplit(empty_images(resize), torch.zeros(0, dtype=torch.long))
-        images, ok = decode(
-            items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
-        )
+            return ImageSplit(empty_images(opts.resize), torch.zeros(0, dtype=torch.long))
+        chosen = items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+        images, ok = decode(chosen, opts.resize)
         if not ok.any():
             raise SourceError(f"{name}: no readable image in the {which} split")
         return ImageSplit(images, torch.from_numpy(np.asarray(targets)[idx][ok]).long())
@@ -112,11 +119,11 @@ def make_domain(
     return DomainData(
         name=name,
         labels=tuple(labels),
-        train=split(*train, train_limit, "train"),
-        test=split(*test, test_limit, "test"),
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
+        train=split(*train, opts.train_limit, "train"),
+        test=split(*test, opts.test_limit, "test"),
+        resize=opts.resize,
+        crop=opts.crop,
+        hflip=opts.hflip,
     )
 
 
@@ -125,27 +132,16 @@ def pooled_domain(
     labels: Sequence[str],
     images: np.ndarray,
     targets: np.ndarray,
-    *,
     test_fraction: float,
-    resize: int,
-    crop: int,
-    hflip: bool,
-    train_limit: int | None,
-    test_limit: int | None,
-    seed: int,
+    opts: Options,
 ) -> DomainData:
     """A dataset without an official test split: one pool of uint8 arrays, split stratified."""
-    train, test = stratified_split(targets, test_fraction, seed)
+    train, test = stratified_split(targets, test_fraction, opts.seed)
     return make_domain(
         name,
         labels,
         (images[train], targets[train]),
         (images[test], targets[test]),
-        decode_arrays(resize),
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
+        decode_arrays,
+        opts,
     )

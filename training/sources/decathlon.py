@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ..data import DomainData
-from .common import SourceError, make_domain
+from .common import Options, SourceError, make_domain
 from .files import decode_files
 
 
@@ -37,6 +37,7 @@ def decathlon(
     be another split with public labels. Label order follows the sorted category ids.
     """
     base, dataset = Path(root), dataset or name
+    opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
     if test_split in train_splits or not train_splits:
         raise SourceError(f"test split {test_split!r} must differ from train splits {train_splits}")
     train = [_read_split(base, dataset, s) for s in train_splits]
@@ -57,13 +58,8 @@ def decathlon(
             np.array([index[c] for _, _, ids in train for c in ids], dtype=np.int64),
         ),
         (test_paths, np.array([index[c] for c in test_ids], dtype=np.int64)),
-        decode_files(resize),
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
+        decode_files,
+        opts,
     )
 
 

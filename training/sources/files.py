@@ -16,7 +16,7 @@ from torch import Tensor
 
 from model_store import ImageError, Preprocess, decode_image, eval_pixels
 
-from .common import Decoder, SourceError, empty_images
+from .common import SourceError, empty_images
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def scan_class_folders(
     return names, paths, np.asarray(targets, dtype=np.int64)
 
 
-def decode_files(resize: int) -> Decoder:
+def decode_files(paths: Sequence[Path], resize: int) -> tuple[Tensor, np.ndarray]:
     """Decoder for image paths: RGB, EXIF-oriented, resized and centre-cropped like serving."""
     pre = Preprocess(resize, resize, (0.0,) * 3, (1.0,) * 3)
 
@@ -65,15 +65,12 @@ def decode_files(resize: int) -> Decoder:
         except (ImageError, OSError):
             return None
 
-    def decode(paths: Sequence[Path]) -> tuple[Tensor, np.ndarray]:
-        # Pillow releases the GIL while decoding and resizing, so threads overlap the work.
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            images = list(pool.map(one, paths))
-        ok = np.array([img is not None for img in images], dtype=bool)
-        if not ok.all():
-            bad = [str(p) for p, good in zip(paths, ok, strict=True) if not good]
-            log.warning("skipped %d unreadable image files, e.g. %s", len(bad), bad[:3])
-        kept = [img for img in images if img is not None]
-        return (torch.stack(kept) if kept else empty_images(resize)), ok
-
-    return decode
+    # Pillow releases the GIL while decoding and resizing, so threads overlap the work.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(one, paths))
+    ok = np.array([img is not None for img in images], dtype=bool)
+    if not ok.all():
+        bad = [str(p) for p, good in zip(paths, ok, strict=True) if not good]
+        log.warning("skipped %d unreadable image files, e.g. %s", len(bad), bad[:3])
+    kept = [img for img in images if img is not None]
+    return (torch.stack(kept) if kept else empty_images(resize)), ok

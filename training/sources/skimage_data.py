@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DomainData
-from .common import SourceError, decode_arrays, make_domain, pooled_domain
+from .common import Options, SourceError, decode_arrays, make_domain, pooled_domain
 
 SKIMAGE_INSTALL = "pip install scikit-image  (or: pip install '.[data]')"
 # Grey 512x512 texture photos that skimage ships in its wheel (others need pooch and a download).
@@ -51,9 +51,10 @@ def textures(
     unknown = sorted(set(photos) - set(TEXTURE_PHOTOS))
     if unknown or not photos:
         raise SourceError(f"photos must be among {TEXTURE_PHOTOS}, got {list(photos)}")
+    opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
     data = _skimage_data()
-    train, test = [], []
-    for label, photo_name in enumerate(photos):
+    sides: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])  # train patches, test patches
+    for photo_name in photos:
         photo = getattr(data, photo_name)()
         width = photo.shape[1]
         boundary = round(width * (1.0 - test_fraction))
@@ -62,22 +63,13 @@ def textures(
                 f"textures: {patch}px patches do not fit both sides of column {boundary} "
                 f"of a {width}px photo; lower patch or change test_fraction"
             )
-        for out, (x0, x1) in ((train, (0, boundary)), (test, (boundary, width))):
-            cut = cut_patches(photo, patch, stride, x0, x1)
-            out.append((cut, np.full(len(cut), label, dtype=np.int64)))
-    return make_domain(
-        name,
-        tuple(photos),
-        (np.concatenate([c for c, _ in train]), np.concatenate([t for _, t in train])),
-        (np.concatenate([c for c, _ in test]), np.concatenate([t for _, t in test])),
-        decode_arrays(resize),
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
+        sides[0].append(cut_patches(photo, patch, stride, 0, boundary))
+        sides[1].append(cut_patches(photo, patch, stride, boundary, width))
+    train, test = (
+        (np.concatenate(cuts), np.repeat(np.arange(len(cuts)), [len(c) for c in cuts]))
+        for cuts in sides
     )
+    return make_domain(name, tuple(photos), train, test, decode_arrays, opts)
 
 
 def lfw_faces(
@@ -94,16 +86,5 @@ def lfw_faces(
     faces = _skimage_data().lfw_subset()
     images = np.clip(np.rint(faces * 255.0), 0, 255).astype(np.uint8)
     targets = (np.arange(len(images)) >= 100).astype(np.int64)
-    return pooled_domain(
-        name,
-        ("face", "not_face"),
-        images,
-        targets,
-        test_fraction=test_fraction,
-        resize=resize,
-        crop=crop,
-        hflip=hflip,
-        train_limit=train_limit,
-        test_limit=test_limit,
-        seed=seed,
-    )
+    opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
+    return pooled_domain(name, ("face", "not_face"), images, targets, test_fraction, opts)
