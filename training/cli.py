@@ -1,0 +1,166 @@
+"""Command line: `python -m training {train,evaluate,inspect}`. Flags map onto TrainConfig fields;
+no logic lives here beyond wiring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from model_store import ArtifactError, load_version, version_path
+
+from .config import TrainConfig
+from .evaluate import accuracy, model_totals, results_table
+from .publish import publish_result
+from .sources import SourceError, load_domain
+from .trainer import train
+
+log = logging.getLogger("training")
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path(os.environ.get("BAP_STORE", "store")),
+        help="model store folder (env BAP_STORE)",
+    )
+    p.add_argument(
+        "--name",
+        default=os.environ.get("BAP_MODEL"),
+        help="model name in the store (env BAP_MODEL)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="pretrain, BAP-train, prune, evaluate and publish a version")
+    t.add_argument(
+        "--config", type=Path, help="JSON training config (defaults: synthetic smoke run)"
+    )
+    _store_args(t)
+    t.add_argument(
+        "--run-dir", type=Path, help="checkpoints and resolved config (default runs/<name>)"
+    )
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its checkpoint"
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = t.add_argument_group("overrides of config fields")
+    g.add_argument("--budget", type=float)
+    g.add_argument("--budget-unit", choices=("macs", "params"))
+    g.add_argument("--sharing", choices=("union", "intersection", "jaccard", "none"))
+    g.add_argument("--epochs", type=float)
+    g.add_argument("--pretrain-epochs", type=float)
+    g.add_argument(
+        "--backbone", help="safetensors file or unpruned version folder: skip pretraining"
+    )
+    g.add_argument("--threads", type=int)
+    g.add_argument("--seed", type=int)
+
+    for name, text in (
+        ("evaluate", "re-measure a stored version on its domains' test data"),
+        ("inspect", "show a stored version's manifest"),
+    ):
+        s = sub.add_parser(name, help=text)
+        _store_args(s)
+        s.add_argument("--version", help="version to use (default CURRENT)")
+        s.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    config = config.override(
+        name=args.name,
+        budget=args.budget,
+        budget_unit=args.budget_unit,
+        sharing=args.sharing,
+        epochs=args.epochs,
+        pretrain_epochs=args.pretrain_epochs,
+        backbone=args.backbone,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    run_dir = args.run_dir or Path("runs") / config.name
+    result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+    config = TrainConfig.load(run_dir / "config.json")  # a resumed run uses its stored config
+    manifest, _ = publish_result(config, result, args.store)
+    _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
+    _print(_totals_line(manifest.totals))
+    _print(f"published {args.store / manifest.name / manifest.version}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    manifest, model = load_version(args.store, _name(args), args.version)
+    config = TrainConfig.from_dict(manifest.training["config"])
+    measured = {}
+    for entry in config.domains:
+        data = load_domain(entry, config.resize, config.crop)
+        measured[data.name] = accuracy(model, data, config.eval_batch_size)
+    if args.json:
+        _print(json.dumps({"version": manifest.version, "accuracy": measured}, indent=2))
+        return 0
+    for name, acc in measured.items():
+        manifest.domains[name].accuracy = acc
+    _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    folder = version_path(args.store, _name(args), args.version)
+    manifest, model = load_version(args.store, _name(args), args.version)
+    if args.json:
+        _print(manifest.to_json())
+        return 0
+    _print(
+        f"{folder}  format {manifest.format_version}  {manifest.spec.arch} width {manifest.spec.width} input {manifest.spec.input_size}px"
+    )
+    _print(
+        f"budget {manifest.budget} ({manifest.budget_unit})  kept filters per block {list(manifest.spec.mid_channels or [])}"
+    )
+    _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
+    _print(_totals_line(model_totals(model)))
+    _print(f"provenance {json.dumps(manifest.provenance)}")
+    return 0
+
+
+def _name(args: argparse.Namespace) -> str:
+    if not args.name:
+        raise SystemExit("give --name (or set BAP_MODEL)")
+    return args.name
+
+
+def _totals_line(totals: dict[str, float]) -> str:
+    return (
+        f"stored parameters {int(totals['parameters']):,} = "
+        f"{totals['parameters_vs_single_domain']:.3f} x one single-domain ResNet-26, "
+        f"{totals['parameters_vs_independent']:.3f} x {int(totals['independent_parameters']):,} for N independent models"
+    )
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "inspect": cmd_inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, ArtifactError, SourceError, FileNotFoundError, FileExistsError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2

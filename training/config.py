@@ -1,0 +1,113 @@
+"""TrainConfig: every training default lives here, validated, and round-trips through JSON.
+
+The resolved config is written into the run folder and into the published manifest, and a
+resumed run rebuilds itself from the stored copy, so a run is always reproducible from its files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from model_store import UNITS
+
+SHARING_FORMS = ("union", "intersection", "jaccard", "none")
+
+
+def _synthetic_domains() -> list[dict[str, Any]]:
+    return [
+        {"source": "synthetic", "name": "shapes", "classes": 4, "seed": 1},
+        {"source": "synthetic", "name": "colours", "classes": 5, "seed": 2},
+        {"source": "synthetic", "name": "noise", "classes": 3, "seed": 3},
+    ]
+
+
+@dataclass
+class TrainConfig:
+    """One BAP run: data, backbone, pretraining, switch training, export."""
+
+    name: str = "bap"
+    domains: list[dict[str, Any]] = field(default_factory=_synthetic_domains)
+    # backbone and input
+    width: float = 0.5
+    resize: int = 36
+    crop: int = 32
+    backbone: str | None = None  # safetensors file or stored version folder; skips pretraining
+    # stage 1: pretrain every weight jointly (shared convs, per-domain BN and heads)
+    pretrain_epochs: float = 2.0
+    pretrain_lr: float = 0.05
+    # stage 2: convs frozen; switches, BN and heads learn under the budget and sharing losses
+    budget: float = 0.5
+    budget_unit: str = "macs"
+    epochs: float = 6.0
+    lr: float = 0.01  # per-domain BN affines and heads
+    score_lr: float = 0.003
+    score_init: float = 0.01  # every switch starts on, just above the threshold
+    ste_clip: float = 1.0  # straight-through gradient zeroed where |score| > clip (0: never)
+    budget_weight: float = 5.0
+    sharing: str = "union"
+    sharing_weight: float = 5.0
+    sharing_warmup: float = 0.3  # fraction of stage-2 steps over which sharing_weight ramps up
+    # optimisation
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    eval_batch_size: int = 256
+    checkpoint_every: int = 200  # steps between resumable checkpoints
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.budget <= 1:
+            problems.append(f"budget must be in (0, 1], got {self.budget}")
+        if self.budget_unit not in UNITS:
+            problems.append(f"budget_unit must be one of {UNITS}, got {self.budget_unit!r}")
+        if self.sharing not in SHARING_FORMS:
+            problems.append(f"sharing must be one of {SHARING_FORMS}, got {self.sharing!r}")
+        if not 0 < self.crop <= self.resize or self.crop % 8:
+            problems.append(
+                f"need crop <= resize and crop a multiple of 8, got {self.crop}, {self.resize}"
+            )
+        if not self.domains:
+            problems.append("domains: give at least one domain entry")
+        if any("source" not in d or "name" not in d for d in self.domains):
+            problems.append("every domain entry needs 'source' and 'name'")
+        if self.pretrain_epochs < 0 or self.epochs < 0 or self.batch_size < 1:
+            problems.append("epochs must be >= 0 and batch_size >= 1")
+        if not 0 <= self.sharing_warmup <= 1:
+            problems.append(f"sharing_warmup must be in [0, 1], got {self.sharing_warmup}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read training config ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a JSON object")
+        return cls.from_dict(data)
+
+    def override(self, **changes: Any) -> TrainConfig:
+        """A copy with the given (non-None) fields replaced, validated again."""
+        data = self.to_dict()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return TrainConfig.from_dict(data)

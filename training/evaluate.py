@@ -1,0 +1,99 @@
+"""Evaluation: per-domain accuracy, parameters, MACs and budget use; model totals; Decathlon S.
+
+Accuracy runs the test split through `data.eval_batches`, the same centre crop and normalisation
+as serving. Every cost figure comes from `model_store.cost`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from model_store import (
+    DomainMetrics,
+    MultiDomainResNet,
+    baseline_cost,
+    cost_fraction,
+    domain_cost,
+    independent_parameters,
+    model_parameters,
+    single_domain_parameters,
+)
+
+from .data import DomainData, eval_batches
+
+
+@torch.inference_mode()
+def accuracy(model: MultiDomainResNet, data: DomainData, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `data`'s domain on its test split."""
+    index = model.spec.domain_index(data.name)
+    pre = model.spec.domains[index].preprocess
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in eval_batches(data, pre, batch_size):
+        correct += int((model(x, index).argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def domain_metrics(
+    model: MultiDomainResNet, unit: str, accuracies: dict[str, float] | None = None
+) -> dict[str, DomainMetrics]:
+    """Per domain: accuracy, parameters and MACs it runs, and its cost fraction in `unit`."""
+    out = {}
+    for d, name in enumerate(model.spec.domain_names):
+        masks = [b.masks[d].double() for b in model.blocks]
+        out[name] = DomainMetrics(
+            accuracy=None if accuracies is None else accuracies.get(name),
+            parameters=int(domain_cost(model.spec, "params", d, masks).item()),
+            macs=int(domain_cost(model.spec, "macs", d, masks).item()),
+            cost_fraction=round(float(cost_fraction(model.spec, unit, d, masks)), 6),
+        )
+    return out
+
+
+def model_totals(model: MultiDomainResNet) -> dict[str, float]:
+    """Stored parameters against one single-domain ResNet-26 and N independent models."""
+    spec = model.spec
+    stored = model_parameters(spec)
+    single = single_domain_parameters(spec)
+    independent = independent_parameters(spec)
+    macs = [baseline_cost(spec, "macs", d) for d in range(len(spec.domains))]
+    return {
+        "parameters": stored,
+        "single_domain_parameters": single,
+        "independent_parameters": independent,
+        "parameters_vs_single_domain": round(stored / single, 6),
+        "parameters_vs_independent": round(stored / independent, 6),
+        "baseline_macs": sum(macs) / len(macs),
+    }
+
+
+def decathlon_score(errors: Sequence[float], baseline_errors: Sequence[float]) -> float:
+    """S = sum_d 1000 * (max(0, Emax - E) / Emax)^2 with Emax = 2 x the baseline error.
+
+    A domain whose baseline error is 0 has no room to score; it is skipped.
+    """
+    score = 0.0
+    for e, base in zip(errors, baseline_errors, strict=True):
+        emax = 2.0 * base
+        if emax > 0:
+            score += 1000.0 * (max(0.0, emax - e) / emax) ** 2
+    return score
+
+
+def results_table(metrics: dict[str, DomainMetrics], budget: float, unit: str) -> str:
+    """A fixed-width table of the published figures, requested budget beside realised."""
+    head = (
+        f"{'domain':<14}{'accuracy':>9}{'params':>11}{'MACs':>14}{unit + ' frac':>12}{'budget':>8}"
+    )
+    rows = [head, "-" * len(head)]
+    for name, m in metrics.items():
+        acc = "-" if m.accuracy is None else f"{m.accuracy:.4f}"
+        rows.append(
+            f"{name:<14}{acc:>9}{m.parameters:>11,}{m.macs:>14,}{m.cost_fraction:>12.3f}{budget:>8.2f}"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,65 @@
+"""The BAP objective: cross-entropy per domain + budget hinge per domain + a sharing loss.
+
+Cost fractions come from `model_store.cost`, the same counter the reports and the server use.
+The sharing forms (our choices, configurable):
+- union: max(0, c(union) - budget): the pruned model itself must fit the budget.
+- intersection: mean over domains of c(domain) - c(intersection): cost outside the common core.
+- jaccard: 1 - c(intersection) / c(union).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from model_store import ModelSpec, cost_fraction
+
+
+def union_masks(masks: Sequence[Tensor]) -> list[Tensor]:
+    """u = 1 - prod_d (1 - m_d) per block; stays differentiable through straight-through masks."""
+    return [1 - torch.prod(1 - m, dim=0) for m in masks]
+
+
+def intersection_masks(masks: Sequence[Tensor]) -> list[Tensor]:
+    return [torch.prod(m, dim=0) for m in masks]
+
+
+class CostTerms:
+    """Differentiable cost fractions for one spec and unit, with the per-filter costs cached."""
+
+    def __init__(self, spec: ModelSpec, unit: str, costs: Sequence[Tensor]):
+        self.spec, self.unit = spec, unit
+        self.costs = [c.to(torch.float32) for c in costs]
+
+    def domain(self, domain: int, masks: Sequence[Tensor]) -> Tensor:
+        return cost_fraction(self.spec, self.unit, domain, masks, self.costs)
+
+    def shared(self, masks: Sequence[Tensor]) -> Tensor:
+        """Cost fraction of a model-wide mask (union or intersection), averaged over domains'
+        heads so that it is comparable with the budget."""
+        n = len(self.spec.domains)
+        return sum(self.domain(d, masks) for d in range(n)) / n
+
+
+def budget_loss(fractions: Sequence[Tensor], budget: float) -> Tensor:
+    """sum_d max(0, c_d - budget)."""
+    return sum(torch.relu(f - budget) for f in fractions)
+
+
+def sharing_loss(form: str, terms: CostTerms, all_masks: Sequence[Tensor], budget: float) -> Tensor:
+    """How far the domains are from using one common subset of filters (see module doc)."""
+    if form == "none":
+        return torch.zeros(())
+    union = terms.shared(union_masks(all_masks))
+    if form == "union":
+        return torch.relu(union - budget)
+    inter = terms.shared(intersection_masks(all_masks))
+    if form == "intersection":
+        n = len(terms.spec.domains)
+        per_domain = [terms.domain(d, [m[d] for m in all_masks]) for d in range(n)]
+        return sum(per_domain) / n - inter
+    if form == "jaccard":
+        return 1 - inter / union
+    raise ValueError(f"unknown sharing form {form!r}")

@@ -1,0 +1,57 @@
+"""Per-domain, per-filter switches: real-valued scores, binary masks, straight-through gradients.
+
+Forward uses m = 1[s > 0], exactly 0 or 1, so training sees the network that will be served.
+Backward passes the mask's gradient to the score unchanged (straight-through), zeroed where
+|s| > clip so that a score far from the threshold stops drifting.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class _StraightThroughStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, clip: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(scores)
+        ctx.clip = clip
+        return (scores > 0).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (scores,) = ctx.saved_tensors
+        if ctx.clip > 0:
+            grad = grad * (scores.abs() <= ctx.clip).to(grad.dtype)
+        return grad, None
+
+
+def binary_step(scores: Tensor, clip: float = 0.0) -> Tensor:
+    """1[scores > 0] with a straight-through gradient (optionally clipped)."""
+    return _StraightThroughStep.apply(scores, clip)
+
+
+class Switches(nn.Module):
+    """Scores of shape (domains, filters) for each gated conv, all starting on at `init`."""
+
+    def __init__(self, filters_per_block: list[int], num_domains: int, init: float, clip: float):
+        super().__init__()
+        if init <= 0:
+            raise ValueError("switch scores must start above 0 (every filter on)")
+        self.clip = clip
+        self.scores = nn.ParameterList(
+            nn.Parameter(torch.full((num_domains, n), float(init))) for n in filters_per_block
+        )
+
+    def masks(self, domain: int) -> list[Tensor]:
+        """One domain's binary masks, differentiable by straight-through."""
+        return [binary_step(s[domain], self.clip) for s in self.scores]
+
+    def all_masks(self) -> list[Tensor]:
+        """Every domain's masks, (domains, filters) per block, differentiable."""
+        return [binary_step(s, self.clip) for s in self.scores]
+
+    @torch.no_grad()
+    def hard_masks(self) -> list[Tensor]:
+        """The binary (domains, filters) masks the model will store."""
+        return [(s > 0).float() for s in self.scores]

@@ -1,0 +1,254 @@
+"""THE method, top to bottom: pretrain a shared backbone, then learn per-domain switches under
+a budget while pushing every domain onto the same filters.
+
+Stage 1 (pretrain): every weight trains, one batch per domain per step (round-robin), each
+domain with its own BatchNorm and head. Stage 2 (BAP): conv weights freeze; each domain's
+switch scores, BatchNorms and head learn with
+    L = sum_d CE_d + budget_weight * sum_d max(0, c_d - budget) + w(t) * sharing
+where c_d is the domain's cost fraction and w(t) ramps sharing_weight up over the warm-up.
+Checkpoints every `checkpoint_every` steps make a killed run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm import tqdm
+
+from model_store import ArtifactError, ModelSpec, MultiDomainResNet, build_model, filter_costs
+
+from .checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+from .config import TrainConfig
+from .data import DomainData, RoundRobin, train_batch
+from .losses import CostTerms, budget_loss, sharing_loss, union_masks
+from .sources import load_domain
+from .switches import Switches
+
+log = logging.getLogger(__name__)
+PHASES = ("pretrain", "bap", "done")
+
+
+@dataclass
+class TrainResult:
+    """The trained full network (stored masks = final switches) and the scores behind them."""
+
+    model: MultiDomainResNet
+    scores: list[Tensor]
+    data: list[DomainData]
+
+
+def load_backbone(model: MultiDomainResNet, path: Path) -> None:
+    """Copy shared conv weights from a safetensors file or a stored (unpruned) version folder."""
+    path = Path(path)
+    file = path / "weights.safetensors" if path.is_dir() else path
+    try:
+        tensors = load_file(str(file))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{file}: cannot read backbone weights ({exc})") from exc
+    own = model.state_dict()
+    convs = [k for k in own if k == "stem.weight" or ".conv" in k]
+    for key in convs:
+        if key not in tensors or tensors[key].shape != own[key].shape:
+            raise ArtifactError(
+                f"{file}: no {key} of shape {tuple(own[key].shape)}; a backbone must be an "
+                f"unpruned network of width {model.spec.width}"
+            )
+    model.load_state_dict({k: tensors[k] for k in convs}, strict=False)
+
+
+class Trainer:
+    """Holds one run's state; `run()` executes the remaining phases and returns the result."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, data: list[DomainData], progress: bool):
+        self.config, self.run_dir, self.data, self.progress = config, run_dir, data, progress
+        torch.manual_seed(config.seed)
+        spec = ModelSpec(
+            domains=tuple(d.domain_spec() for d in data), width=config.width, input_size=config.crop
+        )
+        self.model = build_model(spec)
+        self.switches = Switches(
+            [b.mid_channels for b in spec.blocks()], len(data), config.score_init, config.ste_clip
+        )
+        self.sampler = RoundRobin(data, config.batch_size, config.seed)
+        self.augment = torch.Generator().manual_seed(config.seed + 1)
+        self.terms = CostTerms(spec, config.budget_unit, filter_costs(spec, config.budget_unit))
+        self.phase, self.step, self.optim_state = "pretrain", 0, {}
+        if config.backbone:
+            load_backbone(self.model, Path(config.backbone))
+            self.phase = "bap"
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def save(self, optimizer: torch.optim.Optimizer | None) -> None:
+        groups = {
+            "model": self.model.state_dict(),
+            "switches": self.switches.state_dict(),
+            "sampler": self.sampler.state(),
+            "rng": {"augment": self.augment.get_state(), "torch": torch.get_rng_state()},
+            "optim": optimizer_tensors(optimizer) if optimizer is not None else {},
+        }
+        save_checkpoint(self.run_dir, groups, {"phase": self.phase, "step": self.step})
+
+    def restore(self) -> bool:
+        found = load_checkpoint(self.run_dir)
+        if found is None:
+            return False
+        groups, meta = found
+        self.model.load_state_dict(groups["model"])
+        self.switches.load_state_dict(groups["switches"])
+        self.sampler.load_state(groups["sampler"])
+        self.augment.set_state(groups["rng"]["augment"])
+        torch.set_rng_state(groups["rng"]["torch"])
+        self.phase, self.step, self.optim_state = (
+            meta["phase"],
+            meta["step"],
+            groups.get("optim", {}),
+        )
+        log.info("resumed run_dir=%s phase=%s step=%d", self.run_dir, self.phase, self.step)
+        return True
+
+    # ---- the two stages ----------------------------------------------------------------
+    def batch(self, d: int) -> tuple[Tensor, Tensor]:
+        data = self.data[d]
+        idx = self.sampler.next_indices(d)
+        pre = self.model.spec.domains[d].preprocess
+        return train_batch(data, pre, data.train.images[idx], self.augment), data.train.targets[idx]
+
+    def pretrain_step(self, step: int, total: int) -> dict[str, float]:
+        loss = torch.zeros(())
+        for d in range(len(self.data)):
+            x, y = self.batch(d)
+            loss = loss + F.cross_entropy(self.model(x, d), y)
+        loss.backward()
+        return {"ce": loss.item()}
+
+    def bap_step(self, step: int, total: int) -> dict[str, float]:
+        cfg = self.config
+        all_masks = self.switches.all_masks()
+        ce, fractions = torch.zeros(()), []
+        for d in range(len(self.data)):
+            x, y = self.batch(d)
+            masks = [m[d] for m in all_masks]
+            ce = ce + F.cross_entropy(self.model(x, d, masks), y)
+            fractions.append(self.terms.domain(d, masks))
+        warm = min(1.0, step / max(1.0, cfg.sharing_warmup * total))
+        share = sharing_loss(cfg.sharing, self.terms, all_masks, cfg.budget)
+        loss = (
+            ce
+            + cfg.budget_weight * budget_loss(fractions, cfg.budget)
+            + warm * cfg.sharing_weight * share
+        )
+        loss.backward()
+        with torch.no_grad():
+            union = float(self.terms.shared(union_masks(self.switches.hard_masks())))
+        return {"ce": ce.item(), "cost": max(f.item() for f in fractions), "union": union}
+
+    def run_phase(
+        self,
+        name: str,
+        epochs: float,
+        optimizer: torch.optim.Optimizer,
+        step_fn: Callable[[int, int], dict[str, float]],
+    ) -> None:
+        total = math.ceil(epochs * self.sampler.steps_per_epoch)
+        if self.optim_state:
+            load_optimizer_tensors(optimizer, self.optim_state)
+            self.optim_state = {}
+        base = [g["lr"] for g in optimizer.param_groups]
+        bar = tqdm(
+            total=total, initial=self.step, desc=name, disable=not self.progress, unit="step"
+        )
+        while self.step < total:
+            for group, lr in zip(optimizer.param_groups, base, strict=True):
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * self.step / total))  # cosine decay
+            optimizer.zero_grad(set_to_none=True)
+            stats = step_fn(self.step, total)
+            optimizer.step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+            if self.step % self.config.checkpoint_every == 0 and self.step < total:
+                self.save(optimizer)
+        bar.close()
+        log.info(
+            "phase=%s done steps=%d %s",
+            name,
+            total,
+            " ".join(f"{k}={v:.4f}" for k, v in stats.items()) if total else "",
+        )
+        self.phase, self.step = PHASES[PHASES.index(name) + 1], 0
+        self.save(None)
+
+    def run(self) -> TrainResult:
+        cfg = self.config
+        self.model.train()
+        if self.phase == "pretrain":
+            opt = torch.optim.SGD(
+                self.model.parameters(),
+                cfg.pretrain_lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+            )
+            self.run_phase("pretrain", cfg.pretrain_epochs, opt, self.pretrain_step)
+        for p in self.model.shared_parameters():
+            p.requires_grad_(False)
+        if self.phase == "bap":
+            opt = torch.optim.SGD(
+                [
+                    {
+                        "params": self.model.domain_parameters(),
+                        "lr": cfg.lr,
+                        "weight_decay": cfg.weight_decay,
+                    },
+                    {
+                        "params": list(self.switches.parameters()),
+                        "lr": cfg.score_lr,
+                        "weight_decay": 0.0,
+                    },
+                ],
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+            )
+            self.run_phase("bap", cfg.epochs, opt, self.bap_step)
+        with torch.no_grad():
+            for block, mask in zip(self.model.blocks, self.switches.hard_masks(), strict=True):
+                block.masks.copy_(mask)
+        scores = [s.detach().clone() for s in self.switches.scores]
+        return TrainResult(self.model.eval(), scores, self.data)
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    data: list[DomainData] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Run (or resume) one BAP training run in `run_dir`."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stored = run_dir / "config.json"
+    if resume:
+        if not stored.is_file():
+            raise FileNotFoundError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
+        config = TrainConfig.load(stored)
+    elif load_checkpoint(run_dir) is not None:
+        raise FileExistsError(
+            f"{run_dir} holds a checkpoint: pass --resume, or pick another --run-dir"
+        )
+    config.save(stored)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if data is None:
+        data = [load_domain(entry, config.resize, config.crop) for entry in config.domains]
+    trainer = Trainer(config, run_dir, data, progress)
+    if resume:
+        trainer.restore()
+    return trainer.run()
