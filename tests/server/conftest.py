@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -57,10 +58,18 @@ def publish_random(store: Path, seed: int) -> str:
     return publish_version(store, model, manifest)
 
 
+@pytest.fixture(scope="session")
+def published_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Publishing costs ~0.5 s (build, prune, fsync): done once, copied per test."""
+    root = tmp_path_factory.mktemp("store")
+    publish_random(root, seed=0)
+    return root
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    publish_random(tmp_path, seed=0)
-    return tmp_path
+def store(published_store: Path, tmp_path: Path) -> Path:
+    """A store of our own holding v1 (CURRENT) of the tiny model."""
+    return Path(shutil.copytree(published_store, tmp_path / "store"))
 
 
 def settings_for(store: Path, **overrides: Any) -> Settings:

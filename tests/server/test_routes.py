@@ -1,0 +1,179 @@
+"""Every endpoint in-process (the app's own lifespan runs): shapes, content types, image modes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from server import create_app
+from tests.server.conftest import (
+    DOMAINS,
+    Reference,
+    assert_matches,
+    image_bytes,
+    serving,
+    settings_for,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def encoded(img: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt)
+    return out.getvalue()
+
+
+def pixels(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+MODES = {
+    "grey": Image.fromarray(pixels(1, (30, 20)), "L"),
+    "rgba": Image.fromarray(pixels(2, (17, 25, 4)), "RGBA"),
+    "palette": Image.fromarray(pixels(3, (20, 20, 3)), "RGB").convert("P"),
+    "16-bit": Image.fromarray(pixels(4, (24, 24))).convert("I").convert("I;16"),
+}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [
+        ("PNG", "image/png"),
+        ("JPEG", "image/jpeg"),
+        ("WEBP", "image/webp"),
+        ("BMP", "image/bmp"),
+        ("PNG", "application/octet-stream"),
+    ],
+)
+async def test_classify_raw_body_gives_the_models_answer(
+    store: Path, fmt: str, content_type: str
+) -> None:
+    data = image_bytes(7, fmt=fmt)
+    async with serving(store) as client:
+        r = await client.post(
+            "/classify",
+            params={"domain": "dom2"},
+            content=data,
+            headers={"content-type": content_type},
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["domain"] == "dom2" and body["model_version"] == "v1"
+    assert len(body["predictions"]) == 5  # default top_k, dom2 has 5 labels
+    assert body["predictions"][0]["label"] == f"c{body['predictions'][0]['index']}"
+    assert_matches(body, Reference(store).scores("dom2", data))
+
+
+async def test_classify_multipart_file_and_top_k(store: Path) -> None:
+    data = image_bytes(8)
+    async with serving(store) as client:
+        r = await client.post(
+            "/classify",
+            params={"domain": "dom0", "top_k": 2},
+            files={"file": ("x.png", data, "image/png")},
+        )
+        over = await client.post(
+            "/classify", params={"domain": "dom0", "top_k": 50}, files={"file": ("x.png", data)}
+        )
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 2
+    assert_matches(r.json(), Reference(store).scores("dom0", data))
+    assert len(over.json()["predictions"]) == 3  # clamped to the domain's 3 labels
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+async def test_any_image_mode_is_converted_by_the_eval_transform(store: Path, mode: str) -> None:
+    data = encoded(MODES[mode], "PNG")
+    async with serving(store) as client:
+        r = await client.post(
+            "/classify",
+            params={"domain": "dom1"},
+            content=data,
+            headers={"content-type": "image/png"},
+        )
+    assert r.status_code == 200, r.text
+    assert_matches(r.json(), Reference(store).scores("dom1", data))
+
+
+async def test_cmyk_jpeg_is_accepted(store: Path) -> None:
+    data = encoded(Image.fromarray(pixels(5, (20, 30, 4)), "CMYK"), "JPEG")
+    async with serving(store) as client:
+        r = await client.post(
+            "/classify",
+            params={"domain": "dom0"},
+            content=data,
+            headers={"content-type": "image/jpeg"},
+        )
+    assert r.status_code == 200, r.text
+
+
+async def test_batch_returns_one_result_per_part_in_order(store: Path) -> None:
+    images = [image_bytes(seed) for seed in range(5)]
+    files = [("file", (f"img{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    async with serving(store) as client:
+        r = await client.post("/classify/batch", params={"domain": "dom1", "top_k": 4}, files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["domain"] == "dom1" and body["model_version"] == "v1"
+    assert [item["filename"] for item in body["results"]] == [f"img{i}.png" for i in range(5)]
+    reference = Reference(store)
+    for item, data in zip(body["results"], images, strict=True):
+        assert_matches(item, reference.scores("dom1", data))
+
+
+async def test_domains_lists_labels_costs_budget_and_totals(store: Path) -> None:
+    async with serving(store) as client:
+        body = (await client.get("/domains")).json()
+    assert body["model"] == "tiny" and body["version"] == "v1"
+    assert body["budget"] == 0.5 and body["budget_unit"] == "macs"
+    assert body["totals"]["independent_parameters"] == 6000
+    assert [d["name"] for d in body["domains"]] == list(DOMAINS)
+    first = body["domains"][0]
+    assert first == {
+        "name": "dom0",
+        "labels": ["c0", "c1", "c2"],
+        "accuracy": 0.9,
+        "parameters": 1000,
+        "macs": 5000,
+        "cost_fraction": 0.4,
+    }
+
+
+async def test_health_ready_docs_and_metrics(store: Path) -> None:
+    async with serving(store) as client:
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+        docs = await client.get("/docs")
+        schema = (await client.get("/openapi.json")).json()
+        metrics = await client.get("/metrics")
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "model": "tiny", "version": "v1"}
+    assert docs.status_code == 200
+    assert {"/classify", "/classify/batch", "/domains", "/readyz"} <= set(schema["paths"])
+    assert metrics.status_code == 200 and "bap_model_info" in metrics.text
+
+
+async def test_not_ready_before_the_model_is_loaded(store: Path) -> None:
+    app = create_app(settings_for(store))  # lifespan not run: nothing loaded
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+        classify = await client.post(
+            "/classify",
+            params={"domain": "dom0"},
+            content=b"x",
+            headers={"content-type": "image/png"},
+        )
+    assert health.status_code == 200
+    for r in (ready, classify):
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"] == "not_ready"
