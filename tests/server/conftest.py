@@ -111,7 +111,9 @@ def metric(text: str, sample_name: str, /, **labels: str) -> float:
     """The value of one sample in Prometheus text (0 if absent)."""
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
+            if sample.name == sample_name and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
                 return sample.value
     return 0.0
 
