@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,10 +79,19 @@ T = TypeVar("T")
 
 
 @dataclass
+class Child:
+    """A process this module started, and the file its output goes to."""
+
+    proc: subprocess.Popen
+    log: Path
+
+
+@dataclass
 class Stack:
     server: httpx.Client
-    prometheus: httpx.Client
     port: int  # the server's
+    prometheus: httpx.Client
+    prometheus_child: Child
 
 
 def free_port() -> int:
@@ -105,12 +115,12 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 
 @contextmanager
-def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[Child]:
     """Run a child with output to `log`; stop it (TERM, then KILL) however the test ends."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        yield proc
+        yield Child(proc, log)
     finally:
         proc.terminate()
         try:
@@ -120,14 +130,12 @@ def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproce
             proc.wait()
 
 
-def wait_for(
-    what: str, check: Callable[[], T | None], timeout: float, proc: subprocess.Popen, log: Path
-) -> T:
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, child: Child) -> T:
     """Poll `check` until it returns something truthy; fail with the child's log otherwise."""
     deadline = time.monotonic() + timeout
     while True:
-        if proc.poll() is not None:
-            pytest.fail(f"{what}: process exited with {proc.returncode}\n{log_tail(log)}")
+        if child.proc.poll() is not None:
+            pytest.fail(f"{what}: exited with {child.proc.returncode}\n{log_tail(child.log)}")
         try:
             result = check()
         except httpx.TransportError:
@@ -135,7 +143,7 @@ def wait_for(
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s\n{log_tail(log)}")
+            pytest.fail(f"{what}: not within {timeout:.0f} s\n{log_tail(child.log)}")
         time.sleep(0.2)
 
 
@@ -220,13 +228,9 @@ def prometheus_config(target: str, scratch: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    scratch = tmp_path_factory.mktemp("live")
-    store = scratch / "store"
-    publish(store, seed=0)
-    port, prom_port = free_port(), free_port()
-    server_log, prom_log = scratch / "server.log", scratch / "prometheus.log"
+def start_server(stop: ExitStack, store: Path, scratch: Path) -> tuple[httpx.Client, int]:
+    """`python -m server` on a free loopback port, serving `store`, once /readyz says ready."""
+    port = free_port()
     env = child_env(
         BAP_STORE=str(store),
         BAP_MODEL=MODEL,
@@ -237,63 +241,63 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         BAP_LOG_LEVEL="warning",
         BAP_DRAIN_SECONDS="2",
     )
+    child = stop.enter_context(
+        process([sys.executable, "-m", "server"], env, scratch / "server.log")
+    )
+    client = stop.enter_context(
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False)
+    )
+    wait_for(
+        "server ready", lambda: client.get("/readyz").status_code == 200, STARTUP_TIMEOUT, child
+    )
+    return client, port
+
+
+def start_prometheus(stop: ExitStack, target: str, scratch: Path) -> tuple[httpx.Client, Child]:
+    """Debian's prometheus on a free loopback port with temp storage, once /-/ready says so."""
+    port = free_port()
+    cmd = [
+        PROMETHEUS,
+        f"--config.file={prometheus_config(target, scratch)}",
+        f"--storage.tsdb.path={scratch / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    child = stop.enter_context(process(cmd, child_env(), scratch / "prometheus.log"))
+    client = stop.enter_context(
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False)
+    )
+    wait_for("Prometheus ready", lambda: client.get("/-/ready").is_success, 30, child)
+    return client, child
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    scratch = tmp_path_factory.mktemp("live")
+    store = scratch / "store"
+    publish(store, seed=0)
     with ExitStack() as stop:
-        server_proc = stop.enter_context(process([sys.executable, "-m", "server"], env, server_log))
-        server = stop.enter_context(
-            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False)
-        )
-        wait_for(
-            "server ready",
-            lambda: server.get("/readyz").status_code == 200,
-            STARTUP_TIMEOUT,
-            server_proc,
-            server_log,
-        )
-        prom_cmd = [
-            PROMETHEUS,
-            f"--config.file={prometheus_config(f'127.0.0.1:{port}', scratch)}",
-            f"--storage.tsdb.path={scratch / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-            "--log.level=warn",
-        ]
-        prom_proc = stop.enter_context(process(prom_cmd, child_env(), prom_log))
-        prometheus = stop.enter_context(
-            httpx.Client(base_url=f"http://127.0.0.1:{prom_port}", timeout=10, trust_env=False)
-        )
-
-        def scraped(count: float) -> Callable[[], bool]:
-            return lambda: any(
-                float(s["value"][1]) == count
-                for s in query(prometheus, 'sum(bap_requests_total{job="bap"})')
-            )
-
-        wait_for(
-            "Prometheus ready",
-            lambda: prometheus.get("/-/ready").is_success,
-            30,
-            prom_proc,
-            prom_log,
-        )
-        for seed in (100, 200):
-            if seed == 200:  # the README's swap: publish into the store, then reload
+        server, port = start_server(stop, store, scratch)
+        prometheus, child = start_prometheus(stop, f"127.0.0.1:{port}", scratch)
+        for wave in range(2):
+            if wave == 1:  # the README's swap: publish into the store, then reload
                 publish(store, seed=1)
                 reload = server.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
                 assert reload.json()["version"] == "v2", reload.text
-            send_wave(server, seed)
+            send_wave(server, seed=100 * wave)
+            # PromQL `==` filters: a series comes back once the scrape has the server's count.
+            seen = f'sum(bap_requests_total{{job="bap"}}) == {served_requests(server)}'
             wait_for(
-                "scrape of the wave",
-                scraped(served_requests(server)),
-                SCRAPE_TIMEOUT,
-                prom_proc,
-                prom_log,
+                f"scrape of wave {wave}", partial(query, prometheus, seen), SCRAPE_TIMEOUT, child
             )
-        yield Stack(server, prometheus, port)
+        yield Stack(server, port, prometheus, child)
+
+
+DASHBOARD_QUERIES = dashboard_queries(load_dashboard())
 
 
 @pytest.mark.parametrize(
-    "expr",
-    [e for _, e in dashboard_queries(load_dashboard())],
-    ids=[t for t, _ in dashboard_queries(load_dashboard())],
+    "expr", [e for _, e in DASHBOARD_QUERIES], ids=[t for t, _ in DASHBOARD_QUERIES]
 )
 def test_dashboard_query_returns_data(stack: Stack, expr: str) -> None:
     result = query(stack.prometheus, substitute_grafana_variables(expr))
@@ -315,13 +319,11 @@ def test_rules_evaluate_cleanly_and_a_healthy_server_raises_no_alert(stack: Stac
     def evaluated() -> list[dict[str, Any]] | None:
         groups = stack.prometheus.get("/api/v1/rules").json()["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
+        # Go's zero time means "not evaluated yet".
         done = all(not rule["lastEvaluation"].startswith("0001-") for rule in rules)
         return rules if done else None
 
-    deadline = time.monotonic() + SCRAPE_TIMEOUT
-    while (rules := evaluated()) is None:
-        assert time.monotonic() < deadline, "rules never evaluated"
-        time.sleep(0.2)
+    rules = wait_for("rule evaluation", evaluated, SCRAPE_TIMEOUT, stack.prometheus_child)
     assert {rule["name"] for rule in rules} == {rule["alert"] for rule in alert_rules()}
     assert all(rule["health"] == "ok" for rule in rules), rules
     assert stack.prometheus.get("/api/v1/alerts").json()["data"]["alerts"] == []
