@@ -365,8 +365,9 @@ def test_textures_split_by_region() -> None:
     assert torch.bincount(data.test.targets).tolist() == [5 * 29] * 3
     train_rows = {bytes(img.numpy()) for img in data.train.images}
     assert not any(bytes(img.numpy()) in train_rows for img in data.test.images)
-    with pytest.raises(SourceError, match="photos must be among"):
-        load_domain({"source": "textures", "name": "t", "photos": ["moon"]}, 36, 32)
+    for photos in (["moon"], ["brick", "brick"], []):
+        with pytest.raises(SourceError, match="photos must be distinct names"):
+            load_domain({"source": "textures", "name": "t", "photos": photos}, 36, 32)
     with pytest.raises(SourceError, match="do not fit"):
         load_domain({"source": "textures", "name": "t", "patch": 300}, 36, 32)
 

@@ -49,8 +49,8 @@ def textures(
     patches, and no patch crosses the boundary.
     """
     unknown = sorted(set(photos) - set(TEXTURE_PHOTOS))
-    if unknown or not photos:
-        raise SourceError(f"photos must be among {TEXTURE_PHOTOS}, got {list(photos)}")
+    if unknown or not photos or len(set(photos)) != len(photos):
+        raise SourceError(f"photos must be distinct names from {TEXTURE_PHOTOS}, got {photos}")
     opts = Options(resize, crop, hflip, train_limit, test_limit, seed)
     data = _skimage_data()
     sides: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])  # train patches, test patches
