@@ -23,63 +23,66 @@ RETRY_AFTER_SECONDS = "1"
 
 
 class ApiError(Exception):
-    """An error with its HTTP status and code; subclasses only set the two class attributes."""
+    """An error with its HTTP status and code, declared once per subclass:
+    `class Gone(ApiError, status=410, code="gone")`."""
 
     status = 500
     code = "internal"
+
+    def __init_subclass__(cls, status: int | None = None, code: str | None = None) -> None:
+        super().__init_subclass__()
+        cls.status, cls.code = status or cls.status, code or cls.code
 
     def __init__(self, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.detail, self.headers = detail, headers
 
 
-class BadImage(ApiError):
-    status, code = 400, "bad_image"
+class BadImage(ApiError, status=400, code="bad_image"):
+    """Undecodable, truncated or empty image bytes."""
 
 
-class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
+class Unauthorized(ApiError, status=401, code="unauthorized"):
+    """An admin call without a bearer token."""
 
 
-class Forbidden(ApiError):
-    status, code = 403, "forbidden"
+class Forbidden(ApiError, status=403, code="forbidden"):
+    """An admin call with a wrong token, or while admin calls are disabled."""
 
 
-class UnknownDomain(ApiError):
-    status, code = 404, "unknown_domain"
+class UnknownDomain(ApiError, status=404, code="unknown_domain"):
+    """A domain the served model does not have."""
 
 
-class ReloadRefused(ApiError):
-    status, code = 409, "reload_refused"
+class ReloadRefused(ApiError, status=409, code="reload_refused"):
+    """The version CURRENT names failed verification; the old one keeps serving."""
 
 
-class TooLarge(ApiError):
-    status, code = 413, "too_large"
+class TooLarge(ApiError, status=413, code="too_large"):
+    """A body over the byte limit, or an image over the pixel limit."""
 
 
-class UnsupportedMediaType(ApiError):
-    status, code = 415, "unsupported_media_type"
+class UnsupportedMediaType(ApiError, status=415, code="unsupported_media_type"):
+    """A body that is neither an accepted image type nor a multipart form."""
 
 
-class BadParameters(ApiError):
-    status, code = 422, "invalid_parameters"
+class BadParameters(ApiError, status=422, code="invalid_parameters"):
+    """Query or form fields that do not validate."""
 
 
-class Unavailable(ApiError):
-    """503: not ready, draining or queue full; always says when to come back."""
-
-    status, code = 503, "unavailable"
+class Unavailable(ApiError, status=503, code="unavailable"):
+    """Not ready, draining or queue full; always says when to come back."""
 
     def __init__(self, detail: str):
         super().__init__(detail, {"Retry-After": RETRY_AFTER_SECONDS})
 
 
-class NotReady(Unavailable):
-    code = "not_ready"
+class NotReady(Unavailable, code="not_ready"):
+    """The model is loading, or the server is draining for shutdown."""
 
 
-class Overloaded(Unavailable):
-    code = "queue_full"
+class Overloaded(Unavailable, code="queue_full"):
+    """The domain's queue is full."""
 
 
 def error_response(exc: ApiError) -> JSONResponse:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
-from torch import Tensor
 
 from model_store import ImageError
 
@@ -24,6 +24,7 @@ from .schemas import (
     DomainInfo,
     DomainsResponse,
     ErrorBody,
+    Prediction,
     Ready,
     Reloaded,
     Status,
@@ -51,93 +52,93 @@ IMAGE_BODY = {
 FORM_BODY = {
     "requestBody": {"required": True, "content": _form({"type": "array", "items": _BINARY})}
 }
-Domain = Annotated[str, Query(min_length=1, max_length=64, description="a name from /domains")]
-TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to return")]
 
 router = APIRouter()
 
 
-def _check_domain(served: Served, domain: str) -> None:
+@dataclass
+class ClassifyCall:
+    """One classify request: the version it uses, its checked domain, and how to answer it."""
+
+    request: Request
+    served: Served
+    settings: Settings
+    batcher: Batcher
+    domain: str
+    top_k: int
+
+    async def images(self, many: bool) -> list[tuple[str | None, bytes]]:
+        """The uploaded images: a raw body, or the `file` parts of a multipart form."""
+        media = self.request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media in RAW_TYPES and not many:
+            return [(None, await self.request.body())]
+        if media != MULTIPART:
+            accepted = f"{MULTIPART} with `file` parts"
+            if not many:
+                accepted = f"{', '.join(RAW_TYPES)}, or {MULTIPART} with one `file` part"
+            raise UnsupportedMediaType(f"content type {media or '(none)'!r}; send {accepted}")
+        limit = self.settings.max_queue  # more parts than a queue holds could never be served
+        async with self.request.form(max_files=limit, max_fields=limit) as form:
+            parts = form.getlist("file")
+            if not parts or not all(isinstance(p, UploadFile) for p in parts):
+                raise BadParameters("send each image as a multipart file part named `file`")
+            if not many and len(parts) != 1:
+                raise BadParameters("send exactly one `file` part; /classify/batch takes several")
+            return [(p.filename, await p.read()) for p in parts]  # type: ignore[union-attr]
+
+    async def predict(self, data: bytes) -> list[Prediction]:
+        """Decode off the event loop, then wait for this image's own result from its batch."""
+        x = await anyio.to_thread.run_sync(
+            decode, self.served, self.domain, data, self.settings.max_pixels
+        )
+        probs = await self.batcher.submit(self.served, self.domain, x)
+        return encode(self.served, self.domain, probs, self.top_k)
+
+
+def classify_call(
+    request: Request,
+    served: ServedDep,
+    settings: SettingsDep,
+    batcher: BatcherDep,
+    domain: Annotated[str, Query(min_length=1, max_length=64, description="see /domains")],
+    top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to return")] = 5,
+) -> ClassifyCall:
     if domain not in served.index:
         known = ", ".join(served.index)
         raise UnknownDomain(f"unknown domain {domain!r}; known domains: {known}")
+    return ClassifyCall(request, served, settings, batcher, domain, top_k)
 
 
-async def _read_images(
-    request: Request, settings: Settings, many: bool
-) -> list[tuple[str | None, bytes]]:
-    """The uploaded images: a raw body, or the `file` parts of a multipart form."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media in RAW_TYPES and not many:
-        return [(None, await request.body())]
-    if media != MULTIPART:
-        accepted = f"{MULTIPART} with `file` parts"
-        if not many:
-            accepted = f"{', '.join(RAW_TYPES)}, or {MULTIPART} with one `file` part"
-        raise UnsupportedMediaType(f"content type {media or '(none)'!r}; send {accepted}")
-    async with request.form(max_files=settings.max_queue, max_fields=settings.max_queue) as form:
-        parts = form.getlist("file")
-        if not parts or not all(isinstance(p, UploadFile) for p in parts):
-            raise BadParameters("send each image as a multipart file part named `file`")
-        if not many and len(parts) != 1:
-            raise BadParameters("send exactly one `file` part; /classify/batch takes several")
-        return [(p.filename, await p.read()) for p in parts]  # type: ignore[union-attr]
-
-
-async def _infer(
-    served: Served, batcher: Batcher, settings: Settings, domain: str, data: bytes
-) -> Tensor:
-    """Decode off the event loop, then wait for this image's own result from its batch."""
-    x = await anyio.to_thread.run_sync(decode, served, domain, data, settings.max_pixels)
-    return await batcher.submit(served, domain, x)
+Call = Annotated[ClassifyCall, Depends(classify_call)]
 
 
 @router.post(
     "/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=IMAGE_BODY
 )
-async def classify(
-    request: Request,
-    served: ServedDep,
-    settings: SettingsDep,
-    batcher: BatcherDep,
-    domain: Domain,
-    top_k: TopK = 5,
-) -> ClassifyResponse:
+async def classify(call: Call) -> ClassifyResponse:
     """Classify one image (raw body or one multipart `file`) with one domain's head."""
-    _check_domain(served, domain)
-    [(_, data)] = await _read_images(request, settings, many=False)
-    probs = await _infer(served, batcher, settings, domain, data)
-    predictions = encode(served, domain, probs, top_k)
-    return ClassifyResponse(domain=domain, model_version=served.version, predictions=predictions)
+    [(_, data)] = await call.images(many=False)
+    predictions = await call.predict(data)
+    return ClassifyResponse(
+        domain=call.domain, model_version=call.served.version, predictions=predictions
+    )
 
 
 @router.post(
-    "/classify/batch",
-    response_model=BatchResponse,
-    responses=ERRORS,
-    openapi_extra=FORM_BODY,
+    "/classify/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=FORM_BODY
 )
-async def classify_batch(
-    request: Request,
-    served: ServedDep,
-    settings: SettingsDep,
-    batcher: BatcherDep,
-    domain: Domain,
-    top_k: TopK = 5,
-) -> BatchResponse:
+async def classify_batch(call: Call) -> BatchResponse:
     """Classify several `file` parts of one domain; one result per part, in order."""
-    _check_domain(served, domain)
-    images = await _read_images(request, settings, many=True)
 
     async def one(i: int, filename: str | None, data: bytes) -> BatchItem:
         try:
-            probs = await _infer(served, batcher, settings, domain, data)
+            return BatchItem(filename=filename, predictions=await call.predict(data))
         except ImageError as exc:  # keep the type (400 or 413), say which part
             raise type(exc)(f"file part {i} ({filename}): {exc}") from exc
-        return BatchItem(filename=filename, predictions=encode(served, domain, probs, top_k))
 
+    images = await call.images(many=True)
     results = await asyncio.gather(*(one(i, name, data) for i, (name, data) in enumerate(images)))
-    return BatchResponse(domain=domain, model_version=served.version, results=list(results))
+    return BatchResponse(domain=call.domain, model_version=call.served.version, results=results)
 
 
 @router.get("/domains", response_model=DomainsResponse, responses={503: {"model": ErrorBody}})

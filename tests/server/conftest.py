@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 from collections.abc import AsyncIterator
@@ -116,6 +117,19 @@ def metric(text: str, sample_name: str, /, **labels: str) -> float:
             ):
                 return sample.value
     return 0.0
+
+
+class HeldBody:
+    """A request body that is sent only when released, and says when the server starts reading
+    it (the request has then passed routing and chosen its model version)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.reading, self.release = data, asyncio.Event(), asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.reading.set()
+        await self.release.wait()
+        yield self.data
 
 
 @asynccontextmanager

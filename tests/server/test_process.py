@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from tests.server.conftest import (
     DOMAINS,
     MODEL,
     TOKEN,
+    HeldBody,
     Reference,
     assert_matches,
     image_bytes,
@@ -199,17 +200,6 @@ async def test_sighup_reloads_the_current_version(server: Server, store: Path) -
     assert r.json()["model_version"] == "v2"
     assert_matches(r.json()["results"][0], Reference(store, "v2").scores("dom2", data))
     assert "model_loaded" in server.output()
-
-
-class HeldBody:
-    """A body whose bytes are sent only once released."""
-
-    def __init__(self, data: bytes):
-        self.data, self.release = data, asyncio.Event()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        await self.release.wait()
-        yield self.data
 
 
 def refuses_connections(url: str) -> bool:

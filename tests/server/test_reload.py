@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from tests.server.conftest import (
     DOMAINS,
     MODEL,
     TOKEN,
+    HeldBody,
     Reference,
     assert_matches,
     image_bytes,
@@ -30,19 +30,6 @@ from tests.server.conftest import (
 
 pytestmark = pytest.mark.anyio
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
-
-
-class HeldBody:
-    """A request body that is sent only when released, and says when the server starts reading
-    it (the request has then passed routing and chosen its model version)."""
-
-    def __init__(self, data: bytes):
-        self.data, self.reading, self.release = data, asyncio.Event(), asyncio.Event()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        self.reading.set()
-        await self.release.wait()
-        yield self.data
 
 
 async def post(client: httpx.AsyncClient, domain: str, body: bytes | HeldBody) -> httpx.Response:

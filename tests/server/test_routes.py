@@ -34,10 +34,11 @@ def pixels(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 
 
 MODES = {
-    "grey": Image.fromarray(pixels(1, (30, 20)), "L"),
-    "rgba": Image.fromarray(pixels(2, (17, 25, 4)), "RGBA"),
-    "palette": Image.fromarray(pixels(3, (20, 20, 3)), "RGB").convert("P"),
-    "16-bit": Image.fromarray(pixels(4, (24, 24))).convert("I").convert("I;16"),
+    "grey": encoded(Image.fromarray(pixels(1, (30, 20)), "L"), "PNG"),
+    "rgba": encoded(Image.fromarray(pixels(2, (17, 25, 4)), "RGBA"), "PNG"),
+    "palette": encoded(Image.fromarray(pixels(3, (20, 20, 3)), "RGB").convert("P"), "PNG"),
+    "16-bit": encoded(Image.fromarray(pixels(4, (24, 24))).convert("I").convert("I;16"), "PNG"),
+    "cmyk": encoded(Image.fromarray(pixels(5, (20, 30, 4)), "CMYK"), "JPEG"),
 }
 
 
@@ -89,28 +90,16 @@ async def test_classify_multipart_file_and_top_k(store: Path) -> None:
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 async def test_any_image_mode_is_converted_by_the_eval_transform(store: Path, mode: str) -> None:
-    data = encoded(MODES[mode], "PNG")
+    data = MODES[mode]
     async with serving(store) as client:
         r = await client.post(
             "/classify",
             params={"domain": "dom1"},
             content=data,
-            headers={"content-type": "image/png"},
+            headers={"content-type": "application/octet-stream"},
         )
     assert r.status_code == 200, r.text
     assert_matches(r.json(), Reference(store).scores("dom1", data))
-
-
-async def test_cmyk_jpeg_is_accepted(store: Path) -> None:
-    data = encoded(Image.fromarray(pixels(5, (20, 30, 4)), "CMYK"), "JPEG")
-    async with serving(store) as client:
-        r = await client.post(
-            "/classify",
-            params={"domain": "dom0"},
-            content=data,
-            headers={"content-type": "image/jpeg"},
-        )
-    assert r.status_code == 200, r.text
 
 
 async def test_batch_returns_one_result_per_part_in_order(store: Path) -> None:
