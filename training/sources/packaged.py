@@ -84,8 +84,10 @@ def _idx_domain(
         for s in ("train", "t10k")
     ]
     for images, targets in (train, test):
-        if images.ndim != 3 or targets.shape != (len(images),) or targets.max() >= len(labels):
+        if images.ndim != 3 or targets.shape != (len(images),) or not len(targets):
             raise SourceError(f"{root}: images {images.shape} do not match labels {targets.shape}")
+        if targets.max() >= len(labels):
+            raise SourceError(f"{root}: label {targets.max()} is beyond the {len(labels)} classes")
     return make_domain(name, labels, train, test, decode_arrays, opts)
 
 
