@@ -13,7 +13,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from model_store import ArtifactError, version_path
+from model_store import ArtifactError, load_version
 
 from .app import create_app
 from .config import Settings
@@ -48,14 +48,19 @@ def load_settings(argv: list[str] | None = None) -> Settings:
 
 
 def check_model(settings: Settings) -> None:
-    """Fail before starting uvicorn if there is no model to serve, naming the fix."""
+    """Fail before starting uvicorn if there is no good model to serve, naming the fix.
+
+    The app verifies the version again as it loads it; this early check only turns the common
+    mistakes (no store, no CURRENT, a damaged version) into one line instead of a traceback.
+    """
     try:
-        version_path(settings.store, settings.model)
+        load_version(settings.store, settings.model)
     except (ArtifactError, ValueError) as exc:
         sys.exit(
-            f"bap-serve: no model {settings.model!r} to serve in store {settings.store}: {exc}\n"
+            f"bap-serve: cannot serve model {settings.model!r} from store {settings.store}: {exc}\n"
             "Fix: build the bundled model with `make embedded`, or point --store / BAP_STORE and "
-            "--model / BAP_MODEL at a store that holds a published version."
+            "--model / BAP_MODEL at a store holding a published version, or point the model's "
+            "CURRENT file at a good version."
         )
 
 

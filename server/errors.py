@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from model_store import ImageError, ImageTooLarge
 
@@ -40,6 +41,10 @@ class ApiError(Exception):
 
 class BadImage(ApiError, status=400, code="bad_image"):
     """Undecodable, truncated or empty image bytes."""
+
+
+class ClientClosed(ApiError, status=499, code="client_closed_request"):
+    """The client went away before sending its whole body (nginx's 499); no one reads this."""
 
 
 class Unauthorized(ApiError, status=401, code="unauthorized"):
@@ -102,6 +107,8 @@ def _translate(exc: Exception) -> ApiError:
         return NotReady(str(exc))
     if isinstance(exc, CandidateRefused):
         return ReloadRefused(str(exc))
+    if isinstance(exc, ClientDisconnect):
+        return ClientClosed("the client disconnected while sending the request")
     if isinstance(exc, RequestValidationError):
         parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return BadParameters("; ".join(parts) or "invalid request parameters")
@@ -131,6 +138,7 @@ def install(app: FastAPI) -> None:
         QueueFull,
         BatcherClosed,
         CandidateRefused,
+        ClientDisconnect,
         RequestValidationError,
         HTTPException,
         Exception,

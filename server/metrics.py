@@ -75,7 +75,7 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.request_duration = Histogram(
             "bap_request_duration_seconds",
-            "Classify request time, body read to response",
+            "Classify request time, first byte received to response sent",
             ["domain", "code"],
             buckets=LATENCY_BUCKETS,
             registry=r,

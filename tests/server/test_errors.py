@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server.conftest import TOKEN, image_bytes, metric, serving
+from server import create_app
+from tests.server.conftest import TOKEN, image_bytes, metric, running, serving, settings_for
 
 pytestmark = pytest.mark.anyio
 PNG = {"content-type": "image/png"}
@@ -184,3 +185,32 @@ def test_httpx_streams_the_chunked_body_without_a_length() -> None:
     request = httpx.Request("POST", "http://test/", content=chunks(b"\0" * 10))
     assert "content-length" not in request.headers
     assert request.headers["transfer-encoding"] == "chunked"
+
+
+async def test_a_client_that_disconnects_mid_body_is_not_a_server_error(store: Path) -> None:
+    app = create_app(settings_for(store))
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/classify",
+        "raw_path": b"/classify",
+        "query_string": b"domain=dom0",
+        "headers": [(b"content-type", b"image/png"), (b"host", b"test")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("test", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async with running(app) as client:
+        await app(scope, receive, send)
+        metrics = (await client.get("/metrics")).text
+    assert sent[0]["status"] == 499
+    assert metric(metrics, "bap_requests_total", domain="dom0", code="499") == 1

@@ -240,9 +240,15 @@ async def test_sigterm_drains_in_flight_requests_then_exits(server: Server, stor
     assert "stopped" in server.output()
 
 
-def test_missing_store_stops_with_the_fix_not_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("problem", ["missing store", "corrupt version"])
+def test_no_good_model_stops_with_the_fix_not_a_traceback(store: Path, problem: str) -> None:
+    if problem == "corrupt version":
+        weights = store / MODEL / "v1" / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-10])
+    else:
+        store = store / "nowhere"
     result = subprocess.run(
-        serve_command(f"--store={tmp_path / 'nowhere'}", "--model=embedded"),
+        serve_command(f"--store={store}", f"--model={MODEL}"),
         cwd=ROOT,
         capture_output=True,
         text=True,
