@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{name.replace('_', '-')}",
             default=None,
             metavar=name.upper(),
-            help=f"{field.description} (env BAP_{name.upper()})",
+            help=f"{field.description}; env BAP_{name.upper()}; "
+            f"default {field.get_default(call_default_factory=True)}",
         )
     return parser
 
