@@ -33,6 +33,7 @@ from tests.server.conftest import (
     metric,
     publish_random,
 )
+from tests.server.test_errors import CATALOGUE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,3 +274,13 @@ def test_bad_setting_stops_with_the_flag_named(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "--max-batch-size" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("case", sorted(c for c, spec in CATALOGUE.items() if not spec[3]))
+async def test_hostile_request_over_tcp(shared: Server, case: str) -> None:
+    """The in-process catalogue again, through uvicorn's HTTP parsing (same settings only)."""
+    method, url, kwargs, _, status, code = CATALOGUE[case]
+    async with httpx.AsyncClient(base_url=shared.url) as client:
+        r = await client.request(method, url, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json() == {"error": code, "detail": r.json()["detail"]}
