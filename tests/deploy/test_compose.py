@@ -258,3 +258,10 @@ def test_bundled_model_is_there_to_seed_the_store() -> None:
     current = ROOT / "model_store" / "bundled" / model / "CURRENT"
     assert current.is_file(), f"{current.relative_to(ROOT)} missing: run `make embedded`, commit it"
     assert not ignored(str(current.relative_to(ROOT)))
+
+
+def test_readme_names_every_variable_compose_reads() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Run on an edge box") :]
+    for name, _default in _VARIABLE.findall(COMPOSE.read_text()):
+        assert f"`{name}`" in section, f"README 'Run on an edge box' does not mention {name}"
