@@ -117,14 +117,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     folder = version_path(args.store, _name(args), args.version)
     manifest, model = load_version(args.store, _name(args), args.version)
+    spec = manifest.spec
     if args.json:
         _print(manifest.to_json())
         return 0
     _print(
-        f"{folder}  format {manifest.format_version}  {manifest.spec.arch} width {manifest.spec.width} input {manifest.spec.input_size}px"
+        f"{folder}  format {manifest.format_version}  {spec.arch} width {spec.width} "
+        f"input {spec.input_size}px"
     )
     _print(
-        f"budget {manifest.budget} ({manifest.budget_unit})  kept filters per block {list(manifest.spec.mid_channels or [])}"
+        f"budget {manifest.budget} ({manifest.budget_unit})  "
+        f"kept filters per block {list(spec.mid_channels or [])}"
     )
     _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
     _print(_totals_line(model_totals(model)))
@@ -142,7 +145,8 @@ def _totals_line(totals: dict[str, float]) -> str:
     return (
         f"stored parameters {int(totals['parameters']):,} = "
         f"{totals['parameters_vs_single_domain']:.3f} x one single-domain ResNet-26, "
-        f"{totals['parameters_vs_independent']:.3f} x {int(totals['independent_parameters']):,} for N independent models"
+        f"{totals['parameters_vs_independent']:.3f} x "
+        f"{int(totals['independent_parameters']):,} for N independent models"
     )
 
 

@@ -44,9 +44,15 @@ class TrainConfig:
     epochs: float = 6.0
     lr: float = 0.01  # per-domain BN affines and heads
     score_lr: float = 0.003
+    score_momentum: float = 0.9  # lower damps the hinge's overshoot below the budget
     score_init: float = 0.01  # every switch starts on, just above the threshold
+    score_init_from_bn: bool = True  # spread starts by each filter's BN scale (see Switches)
     ste_clip: float = 1.0  # straight-through gradient zeroed where |score| > clip (0: never)
-    budget_weight: float = 5.0
+    budget_control: str = (
+        "dual"  # "dual": Lagrange multipliers by dual ascent; "hinge": fixed weights
+    )
+    dual_lr: float = 0.5  # dual ascent step on the multipliers (dual control)
+    budget_weight: float = 5.0  # hinge weights (hinge control)
     sharing: str = "union"
     sharing_weight: float = 5.0
     sharing_warmup: float = 0.3  # fraction of stage-2 steps over which sharing_weight ramps up
@@ -65,6 +71,10 @@ class TrainConfig:
             problems.append(f"budget must be in (0, 1], got {self.budget}")
         if self.budget_unit not in UNITS:
             problems.append(f"budget_unit must be one of {UNITS}, got {self.budget_unit!r}")
+        if self.budget_control not in ("dual", "hinge"):
+            problems.append(
+                f"budget_control must be 'dual' or 'hinge', got {self.budget_control!r}"
+            )
         if self.sharing not in SHARING_FORMS:
             problems.append(f"sharing must be one of {SHARING_FORMS}, got {self.sharing!r}")
         if not 0 < self.crop <= self.resize or self.crop % 8:

@@ -63,3 +63,32 @@ def sharing_loss(form: str, terms: CostTerms, all_masks: Sequence[Tensor], budge
     if form == "jaccard":
         return 1 - inter / union
     raise ValueError(f"unknown sharing form {form!r}")
+
+
+class DualMultipliers:
+    """Lagrange multipliers for the constraints c_d <= budget (each domain) and, with the union
+    form, c(union) <= budget; updated by dual ascent after every step.
+
+    A fixed hinge weight pushes every filter of a block down at the same rate until the budget
+    is met, and momentum carries the scores past it. A multiplier instead rises only while a
+    constraint is violated and falls back once it holds, so filters leave in order of how little
+    the cross-entropy needs them per unit of cost, and the cost settles at the budget.
+    """
+
+    def __init__(self, num_domains: int, budget: float, lr: float):
+        self.budget, self.lr = budget, lr
+        self.values = torch.zeros(num_domains + 1)  # last entry: the union constraint
+
+    def penalty(self, fractions: Sequence[Tensor], union: Tensor | None) -> Tensor:
+        """sum_d lambda_d (c_d - budget) [+ lambda_u (c_union - budget)]."""
+        terms = [
+            lam * (f - self.budget) for lam, f in zip(self.values[:-1], fractions, strict=True)
+        ]
+        if union is not None:
+            terms.append(self.values[-1] * (union - self.budget))
+        return sum(terms)
+
+    @torch.no_grad()
+    def update(self, fractions: Sequence[float], union: float | None) -> None:
+        violation = torch.tensor([*fractions, union if union is not None else self.budget])
+        self.values = torch.clamp(self.values + self.lr * (violation - self.budget), min=0.0)

@@ -52,6 +52,17 @@ class Switches(nn.Module):
         return [binary_step(s, self.clip) for s in self.scores]
 
     @torch.no_grad()
+    def spread_by_importance(self, bn_scales: list[Tensor]) -> None:
+        """Start each score at init x |gamma| / mean |gamma| of the filter's BN (per domain and
+        block), still all on. With identical starts a uniform budget push switches a whole
+        block off at once; spread by the BN scale (the network-slimming importance proxy) the
+        least important filters cross zero first."""
+        for scores, gamma in zip(self.scores, bn_scales, strict=True):
+            mag = gamma.abs()
+            scores.copy_(scores * mag / mag.mean(dim=1, keepdim=True).clamp_min(1e-12))
+            scores.clamp_(min=1e-6)
+
+    @torch.no_grad()
     def hard_masks(self) -> list[Tensor]:
         """The binary (domains, filters) masks the model will store."""
         return [(s > 0).float() for s in self.scores]

@@ -28,7 +28,7 @@ from model_store import ArtifactError, ModelSpec, MultiDomainResNet, build_model
 from .checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 from .config import TrainConfig
 from .data import DomainData, RoundRobin, train_batch
-from .losses import CostTerms, budget_loss, sharing_loss, union_masks
+from .losses import CostTerms, DualMultipliers, budget_loss, sharing_loss, union_masks
 from .sources import load_domain
 from .switches import Switches
 
@@ -80,6 +80,7 @@ class Trainer:
         self.sampler = RoundRobin(data, config.batch_size, config.seed)
         self.augment = torch.Generator().manual_seed(config.seed + 1)
         self.terms = CostTerms(spec, config.budget_unit, filter_costs(spec, config.budget_unit))
+        self.duals = DualMultipliers(len(data), config.budget, config.dual_lr)
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
         if config.backbone:
             load_backbone(self.model, Path(config.backbone))
@@ -92,6 +93,7 @@ class Trainer:
             "switches": self.switches.state_dict(),
             "sampler": self.sampler.state(),
             "rng": {"augment": self.augment.get_state(), "torch": torch.get_rng_state()},
+            "duals": {"values": self.duals.values},
             "optim": optimizer_tensors(optimizer) if optimizer is not None else {},
         }
         save_checkpoint(self.run_dir, groups, {"phase": self.phase, "step": self.step})
@@ -106,6 +108,7 @@ class Trainer:
         self.sampler.load_state(groups["sampler"])
         self.augment.set_state(groups["rng"]["augment"])
         torch.set_rng_state(groups["rng"]["torch"])
+        self.duals.values = groups["duals"]["values"]
         self.phase, self.step, self.optim_state = (
             meta["phase"],
             meta["step"],
@@ -138,17 +141,20 @@ class Trainer:
             masks = [m[d] for m in all_masks]
             ce = ce + F.cross_entropy(self.model(x, d, masks), y)
             fractions.append(self.terms.domain(d, masks))
-        warm = min(1.0, step / max(1.0, cfg.sharing_warmup * total))
-        share = sharing_loss(cfg.sharing, self.terms, all_masks, cfg.budget)
-        loss = (
-            ce
-            + cfg.budget_weight * budget_loss(fractions, cfg.budget)
-            + warm * cfg.sharing_weight * share
-        )
-        loss.backward()
-        with torch.no_grad():
-            union = float(self.terms.shared(union_masks(self.switches.hard_masks())))
-        return {"ce": ce.item(), "cost": max(f.item() for f in fractions), "union": union}
+        union = self.terms.shared(union_masks(all_masks))
+        if cfg.budget_control == "dual":
+            dual_union = union if cfg.sharing == "union" else None
+            constraints = self.duals.penalty(fractions, dual_union)
+        else:
+            constraints = cfg.budget_weight * budget_loss(fractions, cfg.budget)
+        if cfg.budget_control == "hinge" or cfg.sharing not in ("union", "none"):
+            warm = min(1.0, step / max(1.0, cfg.sharing_warmup * total))
+            share = sharing_loss(cfg.sharing, self.terms, all_masks, cfg.budget)
+            constraints = constraints + warm * cfg.sharing_weight * share
+        (ce + constraints).backward()
+        costs = [f.item() for f in fractions]
+        self.duals.update(costs, union.item() if cfg.sharing == "union" else None)
+        return {"ce": ce.item(), "cost": max(costs), "union": union.item()}
 
     def run_phase(
         self,
@@ -199,6 +205,8 @@ class Trainer:
             self.run_phase("pretrain", cfg.pretrain_epochs, opt, self.pretrain_step)
         for p in self.model.shared_parameters():
             p.requires_grad_(False)
+        if self.phase == "bap" and self.step == 0 and cfg.score_init_from_bn:
+            self.switches.spread_by_importance([b.bn1.weight.detach() for b in self.model.blocks])
         if self.phase == "bap":
             opt = torch.optim.SGD(
                 [

@@ -41,10 +41,14 @@ def tiny_config(**changes) -> TrainConfig:
         width=0.25,
         resize=18,
         crop=16,
-        pretrain_epochs=3,
-        epochs=4,
-        batch_size=32,
-        score_lr=0.05,
+        pretrain_epochs=8,
+        epochs=8,
+        batch_size=16,
+        budget_control="hinge",
+        score_lr=0.02,
+        score_momentum=0.0,
+        budget_weight=2.0,
+        sharing_weight=2.0,
         checkpoint_every=2,
     )
     return base.override(**changes)

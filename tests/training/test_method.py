@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from model_store import build_model, cost_fraction, filter_costs
+from tests.conftest import randomize, tiny_spec
 from training.losses import CostTerms, budget_loss, intersection_masks, sharing_loss, union_masks
 from training.prune import enforce_budget, export_pruned
 from training.switches import Switches, binary_step
-from tests.conftest import randomize, tiny_spec
 
 
 def test_binary_step_is_exact_forward_and_straight_through_backward() -> None:
@@ -47,7 +47,7 @@ def test_sharing_loss_is_zero_when_domains_agree_and_positive_when_they_differ(f
     same = [torch.cat([torch.ones(3, n // 2), torch.zeros(3, n - n // 2)], dim=1) for n in sizes]
     apart = [
         torch.stack([torch.roll(m[0], shifts=d * (n // 3)) for d in range(3)])
-        for m, n in zip(same, sizes)
+        for m, n in zip(same, sizes, strict=False)
     ]
     budget = 0.6
     assert sharing_loss(form, terms, same, budget).item() == pytest.approx(0.0, abs=1e-6)
