@@ -75,8 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_threads(settings.torch_threads)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bap-inference")
+        executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="bap-inference",
+            initializer=configure_threads,
+            initargs=(settings.torch_threads,),
+        )
         batcher = Batcher(
             predict,
             executor,

@@ -45,7 +45,12 @@ class Served:
 
 
 def configure_threads(threads: int | None) -> None:
-    """Torch's intra-op threads for the one inference thread (None keeps torch's default)."""
+    """Torch's intra-op threads for the calling thread (None keeps torch's default).
+
+    The count is per thread (OpenMP), so this runs as the inference thread's initializer.
+    On a shared, busy machine fewer threads can be several times faster: spinning OpenMP
+    workers that wait for a core hold up the whole forward pass.
+    """
     if threads is not None:
         torch.set_num_threads(threads)
 
