@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_delay_s=settings.max_batch_delay_ms / 1000,
             max_queue=settings.max_queue,
             policy=settings.batching,
+            auto_domain_batch=settings.auto_domain_batch,
             observer=metrics,
         )
         try:

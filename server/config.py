@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     batching: BatchingPolicy = Field(
         "auto", description="per-domain, mixed (one pass across domains) or auto (see batching.py)"
     )
+    auto_domain_batch: int | None = Field(
+        None,
+        ge=1,
+        description="auto batching: a domain with this many images waiting runs alone "
+        "(default: max batch size)",
+    )
     drain_seconds: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )

@@ -88,6 +88,16 @@ async def test_auto_mixes_when_traffic_is_spread() -> None:
     assert [path for path, _ in run.shapes()] == ["mixed"]
 
 
+async def test_auto_runs_a_domain_alone_from_its_configured_size() -> None:
+    run = Recorder()
+    async with batcher(run, policy="auto", auto_domain_batch=2) as b:
+        pending = asyncio.gather(*(b.submit("v1", d, i) for i, d in enumerate("abac")))
+        await asyncio.sleep(0)  # the fourth item fills the batch: 'a' has 2, so it runs alone
+        await b.close()  # b and c were left waiting; closing runs them together
+        await pending
+    assert run.shapes() == [("domain", ["a", "a"]), ("mixed", ["b", "c"])]
+
+
 async def test_close_runs_queued_items_without_waiting_for_their_deadline() -> None:
     run = Recorder()
     async with batcher(run, policy="auto", max_batch_size=64) as b:
