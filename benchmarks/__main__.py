@@ -1,0 +1,90 @@
+"""`python -m benchmarks [model|server|memory|all] [--quick]`: run, write JSON, regenerate the doc.
+
+Full settings are sized so that `all` finishes in under 10 minutes on 2 busy cores; `--quick`
+runs every code path on a tiny network in seconds (the smoke test uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import levers, memory_bench, model_bench, report, server_bench
+from .common import DOC, RESULTS, machine, write_result
+from .workloads import BUNDLED, HEADLINE, Shape
+
+log = logging.getLogger("benchmarks")
+TINY = Shape(16, 0.25)
+LEVERS_QUICK = tuple(k for k in levers.LEVERS if k != "torch.compile")
+
+
+def model_settings(quick: bool) -> model_bench.Settings:
+    if quick:
+        return model_bench.Settings((TINY,), (1, 4), (0.5,), 0.01, warmup=1, min_reps=2)
+    return model_bench.Settings((HEADLINE, BUNDLED), (1, 8, 32), (0.75, 0.5, 0.25), 0.6)
+
+
+def server_settings(quick: bool) -> server_bench.Settings:
+    if quick:
+        return server_bench.Settings((1, 4), (4,), 0.5, 0.1, 200, 0.02, shape=TINY)
+    return server_bench.Settings((1, 4, 16, 32, 64), (4, 16, 64), 4.0, 1.0, 5000, 0.5)
+
+
+def suites(quick: bool) -> dict[str, list[tuple[str, Callable[[], dict[str, Any]], object]]]:
+    """suite -> [(result name, measure, settings)]; settings go into the JSON as they are."""
+    m, s = model_settings(quick), server_settings(quick)
+    lever_batches, lever_seconds = ((1,), 0.01) if quick else ((1, 32), 0.6)
+    lever_names = LEVERS_QUICK if quick else tuple(levers.LEVERS)
+    lever_shape = TINY if quick else HEADLINE
+    mem = memory_bench.Settings(16, shape=TINY, domains=2) if quick else memory_bench.Settings(64)
+    lever_args = {
+        "batches": lever_batches,
+        "seconds": lever_seconds,
+        "levers": lever_names,
+        "shape": lever_shape,
+    }
+    return {
+        "model": [
+            ("model", lambda: model_bench.measure(m), m),
+            ("levers", lambda: levers.measure(**lever_args), lever_args),
+        ],
+        "server": [("server", lambda: server_bench.measure(s), s)],
+        "memory": [("memory", lambda: memory_bench.measure(mem), mem)],
+    }
+
+
+def _settings_dict(settings: object) -> dict[str, Any]:
+    return dict(settings) if isinstance(settings, dict) else dict(vars(settings))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "suite", nargs="?", default="all", choices=["model", "server", "memory", "all"]
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for <name>.json")
+    parser.add_argument("--doc", type=Path, default=DOC, help="markdown file to regenerate")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+    chosen = suites(args.quick)
+    for suite in chosen if args.suite == "all" else [args.suite]:
+        for name, run, settings in chosen[suite]:
+            started = machine()
+            log.info("%s: starting (load average %s)", name, started["load_average"])
+            figures = run()
+            write_result(name, _settings_dict(settings) | {"_machine": started}, figures, args.out)
+    results = report.load(args.out)
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(report.render(results))
+    log.info("wrote %s", args.doc)
+    print(report.targets_table(results))  # noqa: T201 - the run's one result on stdout
+
+
+if __name__ == "__main__":
+    main()

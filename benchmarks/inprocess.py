@@ -1,0 +1,54 @@
+"""The server's work without HTTP: decode, stack, forward on the same path, softmax.
+
+The same store and version the server loaded, run the way the server runs a batch (a domain's
+own filters for a one-domain batch, `forward_mixed` for a mixed one), so HTTP throughput divided
+by this is the server's overhead ratio at the batch size it formed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from model_store import domain_view, load_version, preprocess_bytes
+
+from .common import time_call
+
+
+class InProcess:
+    def __init__(self, store: Path, name: str):
+        self.manifest, self.model = load_version(store, name)
+        names = self.manifest.spec.domain_names
+        self.index = {d: i for i, d in enumerate(names)}
+        self.views = {d: domain_view(self.model, i).eval() for d, i in self.index.items()}
+
+    def decode(self, domain: str, image: bytes) -> Tensor:
+        pre = self.manifest.spec.domains[self.index[domain]].preprocess
+        return preprocess_bytes(image, pre, 10**8)
+
+    def forward(self, domains: list[str], x: Tensor) -> list[Tensor]:
+        with torch.inference_mode():
+            if len(set(domains)) == 1:
+                logits = list(self.views[domains[0]](x, 0))
+            else:
+                index = torch.tensor([self.index[d] for d in domains], dtype=torch.long)
+                logits = self.model.forward_mixed(x, index)
+            return [row.softmax(-1) for row in logits]
+
+    def throughput(self, domains: list[str], image: bytes, seconds: float) -> dict[str, float]:
+        """Images per second for one batch of these domains: with decoding and model only."""
+        x = torch.stack([self.decode(d, image) for d in domains])
+
+        def full() -> None:
+            self.forward(domains, torch.stack([self.decode(d, image) for d in domains]))
+
+        with_decode = time_call(full, seconds)
+        model_only = time_call(lambda: self.forward(domains, x), seconds)
+        n = len(domains)
+        return {
+            "batch": n,
+            "images_per_s": n / with_decode.median,
+            "model_images_per_s": n / model_only.median,
+        }

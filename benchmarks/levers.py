@@ -1,0 +1,169 @@
+"""CPU levers: the same network and input under each execution option, timed in one run.
+
+Each lever turns a one-domain network into a callable on an NCHW float batch and includes
+whatever conversion it needs inside the call (a server would pay it too). Every lever's logits
+are compared with plain eager ones, so a lever that changes the answer (bf16) says by how much.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from model_store import MultiDomainResNet, domain_view, prune_to_union
+
+from .common import time_call
+from .workloads import HEADLINE, Shape, executed_macs, masked_network
+
+log = logging.getLogger(__name__)
+Runner = Callable[[Tensor], Tensor]
+
+
+class OneDomain(nn.Module):
+    """`model(x, 0)` as a one-argument module, which tracing and compiling need."""
+
+    def __init__(self, model: MultiDomainResNet):
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, 0)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _eager(m: nn.Module, _: Tensor) -> Runner:
+    return lambda x: _no_grad(m, x)
+
+
+def _no_grad(m: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return m(x)
+
+
+def _inference_mode(m: nn.Module, _: Tensor) -> Runner:
+    def run(x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return m(x)
+
+    return run
+
+
+def _one_thread(m: nn.Module, example: Tensor) -> Runner:
+    inner = _inference_mode(m, example)
+
+    def run(x: Tensor) -> Tensor:
+        with _threads(1):
+            return inner(x)
+
+    return run
+
+
+def _channels_last(m: nn.Module, example: Tensor) -> Runner:
+    m = copy.deepcopy(m).to(memory_format=torch.channels_last)  # .to() converts in place
+    inner = _inference_mode(m, example)
+    return lambda x: inner(x.contiguous(memory_format=torch.channels_last))
+
+
+def _trace(m: nn.Module, example: Tensor) -> torch.jit.ScriptModule:
+    """A trace for this input shape (the shortcut's padding is shape-dependent, hence the
+    tracer's warning, which is silenced: each trace is only ever run at its own shape)."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(m, example, check_trace=False)
+
+
+def _trace_freeze(m: nn.Module, example: Tensor) -> Runner:
+    """Freezing turns BN statistics into constants and folds each BN into the conv before it."""
+    frozen = torch.jit.freeze(_trace(m, example))
+    return lambda x: _no_grad(frozen, x)
+
+
+def _optimize_for_inference(m: nn.Module, example: Tensor) -> Runner:
+    """Freeze + conv/BN folding + oneDNN (MKLDNN) layouts and fused conv-add-ReLU."""
+    opt = torch.jit.optimize_for_inference(_trace(m, example))
+    return lambda x: _no_grad(opt, x)
+
+
+def _bf16(m: nn.Module, example: Tensor) -> Runner:
+    def run(x: Tensor) -> Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return m(x).float()
+
+    return run
+
+
+def _compile(m: nn.Module, example: Tensor) -> Runner:
+    compiled = torch.compile(m)
+    return _inference_mode(compiled, example)
+
+
+LEVERS: dict[str, Callable[[nn.Module, Tensor], Runner]] = {
+    "eager, no_grad": _eager,
+    "eager, inference_mode": _inference_mode,
+    "1 thread": _one_thread,
+    "channels_last": _channels_last,
+    "jit trace + freeze (BN folded)": _trace_freeze,
+    "jit optimize_for_inference (oneDNN)": _optimize_for_inference,
+    "bf16 autocast": _bf16,
+    "torch.compile": _compile,
+}
+
+
+def networks(shape: Shape) -> dict[str, MultiDomainResNet]:
+    """The reference and what the server runs for a one-domain batch (β = 0.5, own filters)."""
+    single = masked_network(shape, 1, 1.0, seed=0)
+    view = domain_view(prune_to_union(masked_network(shape, 4, 0.5, seed=11)), 0)
+    return {"single-domain ResNet-26": single, "BAP β=0.5, own filters": view}
+
+
+def measure(
+    batches: tuple[int, ...], seconds: float, levers: tuple[str, ...], shape: Shape = HEADLINE
+) -> dict[str, Any]:
+    """Per network, batch and lever: latency, speedup over plain eager, max logit change."""
+    rows = []
+    for name, model in networks(shape).items():
+        for batch in batches:
+            x = torch.randn(batch, 3, shape.input_size, shape.input_size)
+            reference = _no_grad(OneDomain(model), x)
+            base = None
+            for lever in levers:
+                started = time.perf_counter()
+                run = LEVERS[lever](OneDomain(model), x)
+                first = run(x)  # compiles / traces lazily where the lever does
+                setup_s = time.perf_counter() - started
+                timing = time_call(lambda run=run, x=x: run(x), seconds)
+                base = base or timing.median
+                rows.append(
+                    {
+                        "shape": shape.label,
+                        "network": name,
+                        "gmacs_per_image": executed_macs(model) / 1e9,
+                        "batch": batch,
+                        "lever": lever,
+                        "ms": timing.median * 1e3,
+                        "reps": timing.reps,
+                        "speedup_vs_eager": base / timing.median,
+                        "setup_s": setup_s,
+                        "max_abs_logit_change": float((first - reference).abs().max()),
+                    }
+                )
+            log.info("levers: %s batch %d done", name, batch)
+    return {"rows": rows}

@@ -1,0 +1,340 @@
+"""docs/benchmarks.md from whatever results/*.json exist, plus the hand-written notes.md.
+
+Tables only restate the JSON; the targets table computes each issue target from it, so the
+doc and the figures cannot drift apart. Every table names the run (machine, load, commit).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+NOTES = Path(__file__).with_name("notes.md")
+Row = dict[str, Any]
+
+
+def load(results: Path) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def run_line(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    return (
+        f"_Run {m['utc']} UTC, commit {m['commit']}: {m['cpu']}, {m['cores']} cores, "
+        f"{m['memory_gib']} GiB, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"load average {m['load_average'][0]} at the start, {m['load_average_end'][0]} at the "
+        f"end; settings {json.dumps(result['settings'])}._"
+    )
+
+
+def _budget(value: float | None) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
+def model_rows(rows: list[Row]) -> list[list[object]]:
+    """Own-filter views are one row per domain in the JSON; here their median, with the range."""
+    groups: dict[tuple[Any, ...], list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[(r["batch"], r["network"], r["strategy"], r["budget"])].append(r)
+    out = []
+    for (batch, network, strategy, budget), rs in groups.items():
+        speed = [r["speedup"] for r in rs]
+        spread = f" ({min(speed):.2f}–{max(speed):.2f})" if len(rs) > 1 else ""
+        out.append(
+            [
+                batch,
+                network,
+                strategy,
+                _budget(budget),
+                statistics.median(r["ms"] for r in rs),
+                statistics.median(r["images_per_s"] for r in rs),
+                statistics.median(r["gmacs_per_image"] for r in rs),
+                statistics.median(r["macs_ratio"] for r in rs),
+                f"{statistics.median(speed):.2f}{spread}",
+                statistics.median(r["peak_mib"] for r in rs),
+            ]
+        )
+    return out
+
+
+def model_section(result: dict[str, Any]) -> str:
+    header = [
+        "batch",
+        "network",
+        "run as",
+        "β",
+        "ms / batch",
+        "img/s",
+        "GMACs / img",
+        "MACs ratio",
+        "speedup",
+        "peak MiB",
+    ]
+    parts = ["## Model level: pruned vs unpruned, one process", run_line(result)]
+    by_shape: dict[str, list[Row]] = defaultdict(list)
+    for r in result["figures"]["rows"]:
+        by_shape[r["shape"]].append(r)
+    for shape, rows in by_shape.items():
+        parts += [f"### {shape}", table(header, model_rows(rows))]
+    return "\n\n".join(parts)
+
+
+def levers_section(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["network"],
+            r["batch"],
+            r["lever"],
+            r["ms"],
+            r["speedup_vs_eager"],
+            r["setup_s"],
+            r["max_abs_logit_change"],
+        ]
+        for r in result["figures"]["rows"]
+    ]
+    header = ["network", "batch", "lever", "ms / batch", "speedup", "set-up s", "max abs Δ logit"]
+    return "\n\n".join(["## CPU levers", run_line(result), table(header, rows)])
+
+
+def _by(points: list[Row], server: str, traffic: str) -> dict[int, Row]:
+    return {p["clients"]: p for p in points if p["server"] == server and p["traffic"] == traffic}
+
+
+def server_section(result: dict[str, Any]) -> str:
+    points = result["figures"]["points"]
+    off, auto = _by(points, "batching off", "spread"), _by(points, "auto", "spread")
+    sweep = [
+        [
+            c,
+            o["throughput"],
+            o["p50_ms"],
+            o["p99_ms"],
+            a["throughput"],
+            a["p50_ms"],
+            a["p95_ms"],
+            a["p99_ms"],
+            _errors(o, a),
+            a["mean_batch"],
+            a.get("http_over_inprocess"),
+            a.get("http_over_model"),
+        ]
+        for c in sorted(set(off) & set(auto))
+        for o, a in [(off[c], auto[c])]
+    ]
+    header = [
+        "clients",
+        "off req/s",
+        "off p50",
+        "off p99",
+        "auto req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "errors",
+        "batch formed",
+        "HTTP / in-process",
+        "HTTP / model only",
+    ]
+    policy_rows = []
+    for traffic in ("spread", "one domain"):
+        per = [_by(points, s, traffic) for s in ("per-domain", "mixed", "auto")]
+        for c in sorted(set.intersection(*(set(p) for p in per))):
+            pd, mx, au = (p[c] for p in per)
+            best = max(pd["throughput"], mx["throughput"])
+            policy_rows.append(
+                [traffic, c]
+                + [v for p in (pd, mx, au) for v in (p["throughput"], p["p99_ms"], p["mean_batch"])]
+                + [mx["throughput"] / pd["throughput"], au["throughput"] / best]
+            )
+    policy_header = [
+        "traffic",
+        "clients",
+        "per-domain req/s",
+        "p99",
+        "batch",
+        "mixed req/s",
+        "p99",
+        "batch",
+        "auto req/s",
+        "p99",
+        "batch",
+        "mixed / per-domain",
+        "auto / best",
+    ]
+    half = [p for p in points if p["traffic"] == "spread, half max rate"]
+    half_rows = [
+        [p["rate"], p["throughput"], p["p50_ms"], p["p99_ms"], p["p99_ms"] / p["p50_ms"]]
+        for p in half
+        if p["p50_ms"]
+    ]
+    model = result["figures"]["model"]
+    return "\n\n".join(
+        [
+            "## Server level: HTTP on loopback",
+            run_line(result),
+            f"Model: BAP β = {model['budget']}, 4 domains, {model['shape']}. Client: async httpx, "
+            "multipart PNG, on the same cores as the server. Latencies in ms. Traffic spread "
+            "evenly over the 4 domains unless said.",
+            "### Batching off (max batch size 1) vs on (auto, max batch 16 / 5 ms)",
+            table(header, sweep),
+            "### Batching policy: per-domain vs mixed vs auto",
+            table(policy_header, policy_rows),
+            "### Open loop at half the maximum throughput (auto)",
+            table(["rate req/s", "served req/s", "p50 ms", "p99 ms", "p99 / p50"], half_rows),
+        ]
+    )
+
+
+def _errors(*points: Row) -> int:
+    return sum(sum(p["errors"].values()) for p in points)
+
+
+def memory_section(result: dict[str, Any]) -> str:
+    f = result["figures"]
+    n = f["domains"]
+    rows = [["one server, all domains", *f["one_server"].values()]]
+    rows += [[f"single-domain server {d}", *m.values()] for d, m in f["single_servers"].items()]
+    rows += [[f"sum of {n} single-domain servers", *f["single_servers_total"].values()]]
+    rows += [["one / sum", *(f"{v:.2f}" for v in f["one_over_sum"].values())]]
+    return "\n\n".join(
+        [
+            "## Memory: one server for all domains vs one server per domain",
+            run_line(result),
+            table(["", "RSS MiB", "PSS MiB", "USS MiB"], rows),
+            "Weights files (MiB): " + ", ".join(f"{k} {v}" for k, v in f["weights_mib"].items()),
+        ]
+    )
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
+    """Each issue-6 and issue-8 target: the measured figure, the goal, met or not."""
+    out: list[list[object]] = []
+    if "model" in results:
+        rows = results["model"]["figures"]["rows"]
+        shape = rows[0]["shape"]
+        for r in model_rows(
+            [
+                x
+                for x in rows
+                if x["shape"] == shape and x["batch"] == 1 and x["strategy"] == "own filters"
+            ]
+        ):
+            speed, ratio = float(str(r[8]).split()[0]), r[7]
+            out.append(
+                [
+                    f"batch-1 speedup, β={r[3]} own filters ({shape})",
+                    f"{speed:.2f}x (MACs {ratio:.2f}x)",
+                    f"≥ {0.8 * ratio:.2f}x",
+                    _ok(speed >= 0.8 * ratio),
+                ]
+            )
+    if "server" in results:
+        points = results["server"]["figures"]["points"]
+        sat = [
+            p
+            for p in points
+            if p["server"] == "auto" and "http_over_inprocess" in p and p["batch_exact"]
+        ]
+        if sat:
+            p = max(sat, key=lambda p: p["clients"])
+            out.append(
+                [
+                    f"HTTP / in-process, {p['clients']} clients ({p['traffic']}), batch "
+                    f"{p['mean_batch']:.1f}",
+                    f"{p['http_over_inprocess']:.2f}",
+                    "≥ 0.80",
+                    _ok(p["http_over_inprocess"] >= 0.8),
+                ]
+            )
+        for p in points:
+            if p["traffic"] == "spread, half max rate" and p["p50_ms"]:
+                ratio = p["p99_ms"] / p["p50_ms"]
+                out.append(
+                    ["p99 / p50 at half max throughput", f"{ratio:.2f}", "≤ 3", _ok(ratio <= 3)]
+                )
+        per, mixed, auto = (_by(points, s, "spread") for s in ("per-domain", "mixed", "auto"))
+        for c in sorted(set(per) & set(mixed) & set(auto)):
+            gain = mixed[c]["throughput"] / per[c]["throughput"]
+            out.append(
+                [
+                    f"mixed / per-domain, spread, {c} clients (p99 {mixed[c]['p99_ms']:.0f} "
+                    f"vs {per[c]['p99_ms']:.0f} ms)",
+                    f"{gain:.2f}x",
+                    "≥ 1.5x",
+                    _ok(gain >= 1.5),
+                ]
+            )
+        for traffic in ("spread", "one domain"):
+            per, mixed, auto = (_by(points, s, traffic) for s in ("per-domain", "mixed", "auto"))
+            for c in sorted(set(per) & set(mixed) & set(auto)):
+                best = max(per[c]["throughput"], mixed[c]["throughput"])
+                share = auto[c]["throughput"] / best
+                out.append(
+                    [
+                        f"auto / better of the two, {traffic}, {c} clients",
+                        f"{share:.2f}",
+                        "≥ 0.90",
+                        _ok(share >= 0.9),
+                    ]
+                )
+    if "memory" in results:
+        f = results["memory"]["figures"]
+        for unit in ("rss", "pss"):
+            v = f["one_over_two"][unit]
+            out.append(
+                [
+                    f"one server / two single-domain servers ({unit.upper()})",
+                    f"{v:.2f}",
+                    "< 1",
+                    _ok(v < 1),
+                ]
+            )
+    return out
+
+
+def _ok(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def targets_table(results: dict[str, dict[str, Any]]) -> str:
+    return table(["target", "measured", "goal", ""], targets(results))
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    """The whole of docs/benchmarks.md."""
+    sections = {
+        "model": model_section,
+        "levers": levers_section,
+        "server": server_section,
+        "memory": memory_section,
+    }
+    parts = [
+        "# Benchmarks",
+        "Generated by `make bench` (`python -m benchmarks [model|levers|server|memory|all] "
+        "[--quick]`) from `benchmarks/results/*.json`; edit `benchmarks/notes.md`, not this "
+        "file. Medians after warm-up; ratios are taken within one run.",
+        "## Targets (issues 6 and 8)",
+        targets_table(results),
+    ]
+    if NOTES.exists():
+        parts.append(NOTES.read_text().strip())
+    parts += [fn(results[name]) for name, fn in sections.items() if name in results]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,70 @@
+"""Every benchmark suite runs end to end at --quick settings and writes valid JSON and the doc.
+
+No timing is asserted: only that each suite ran, recorded where and how, and produced figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+
+SECTIONS = {
+    "model": "## Model level",
+    "levers": "## CPU levers",
+    "server": "## Server level",
+    "memory": "## Memory",
+}
+
+
+def run_suite(suite: str, tmp_path: Path) -> tuple[dict[str, dict], str]:
+    out, doc = tmp_path / "results", tmp_path / "benchmarks.md"
+    main([suite, "--quick", "--out", str(out), "--doc", str(doc)])
+    results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    for name, data in results.items():
+        assert data["suite"] == name
+        assert {"cpu", "cores", "torch", "torch_threads", "commit", "load_average"} <= set(
+            data["machine"]
+        )
+        assert data["settings"] and data["figures"]
+    text = doc.read_text()
+    assert all(SECTIONS[name] in text for name in results)
+    assert "## Targets" in text
+    return results, text
+
+
+def test_model_suite(tmp_path: Path) -> None:
+    results, _ = run_suite("model", tmp_path)
+    assert set(results) == {"model", "levers"}
+    rows = results["model"]["figures"]["rows"]
+    strategies = {r["strategy"] for r in rows}
+    assert {
+        "full",
+        "all filters + mask",
+        "union + mask",
+        "own filters",
+        "mixed batch",
+    } <= strategies
+    assert all(r["ms"] > 0 and r["macs_ratio"] >= 1 for r in rows)
+    levers = {r["lever"] for r in results["levers"]["figures"]["rows"]}
+    assert {"channels_last", "jit trace + freeze (BN folded)", "1 thread"} <= levers
+
+
+@pytest.mark.slow
+def test_server_suite(tmp_path: Path) -> None:
+    results, _ = run_suite("server", tmp_path)
+    points = results["server"]["figures"]["points"]
+    assert {p["server"] for p in points} == {"batching off", "auto", "per-domain", "mixed"}
+    assert all(not p["errors"] and p["ok"] > 0 for p in points)
+    assert any("http_over_inprocess" in p for p in points)
+
+
+@pytest.mark.slow
+def test_memory_suite(tmp_path: Path) -> None:
+    results, _ = run_suite("memory", tmp_path)
+    figures = results["memory"]["figures"]
+    assert len(figures["single_servers"]) == figures["domains"]
+    assert figures["one_server"]["rss"] > 0
