@@ -11,6 +11,12 @@ import torch
 
 from model_store import DomainSpec, ModelSpec, MultiDomainResNet, Preprocess, build_model
 
+# Tests run tiny networks and start server/training subprocesses side by side on 2 cores. With
+# several OpenMP thread pools spinning on the same cores, tiny ops slow down up to 100x; one
+# thread per process is both faster and stable. Subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
 TINY_PRE = Preprocess(resize=18, crop=16, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3))
 
 

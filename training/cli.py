@@ -8,17 +8,20 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
-from model_store import ArtifactError, load_version, version_path
+from model_store import ArtifactError, load_version, single_domain_parameters, version_path
 
 from .config import TrainConfig
 from .evaluate import accuracy, model_totals, results_table
 from .publish import publish_result
+from .report import Report, plot, render_markdown
 from .sources import SourceError, load_domain
 from .trainer import train
 
 log = logging.getLogger("training")
+PRESETS = Path(__file__).parent / "presets"
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -59,10 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=float)
     g.add_argument("--pretrain-epochs", type=float)
     g.add_argument(
-        "--backbone", help="safetensors file or unpruned version folder: skip pretraining"
+        "--backbone",
+        help="start from these weights (safetensors or unpruned version folder); "
+        "pretraining is skipped unless --pretrain-epochs is given",
     )
     g.add_argument("--threads", type=int)
     g.add_argument("--seed", type=int)
+
+    r = sub.add_parser("report", help="baselines and BAP at several budgets -> results.md + plot")
+    r.add_argument("--config", type=Path, default=PRESETS / "report.json", help="training config")
+    r.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
+    r.add_argument(
+        "--out", type=Path, default=Path("docs"), help="where results.md and the plot go"
+    )
+    r.add_argument("--work-dir", type=Path, default=Path("runs/report"), help="training runs")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     for name, text in (
         ("evaluate", "re-measure a stored version on its domains' test data"),
@@ -83,7 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         budget_unit=args.budget_unit,
         sharing=args.sharing,
         epochs=args.epochs,
-        pretrain_epochs=args.pretrain_epochs,
+        pretrain_epochs=0.0
+        if args.backbone and args.pretrain_epochs is None
+        else args.pretrain_epochs,
         backbone=args.backbone,
         threads=args.threads,
         seed=args.seed,
@@ -95,6 +111,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
     _print(_totals_line(manifest.totals))
     _print(f"published {args.store / manifest.name / manifest.version}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    started = time.time()
+    config = TrainConfig.load(args.config)
+    report = Report(config, args.work_dir, progress=not args.quiet)
+    rows = report.run(args.budgets)
+    args.out.mkdir(parents=True, exist_ok=True)
+    single = single_domain_parameters(report.pretrained.spec)
+    (args.out / "results.md").write_text(render_markdown(rows, config, single, started))
+    plot(rows, args.out / "accuracy_vs_budget.png")
+    _print(f"wrote {args.out / 'results.md'} and {args.out / 'accuracy_vs_budget.png'}")
     return 0
 
 
@@ -154,7 +183,12 @@ def _print(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "inspect": cmd_inspect}
+COMMANDS = {
+    "report": cmd_report,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "inspect": cmd_inspect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

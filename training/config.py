@@ -34,7 +34,7 @@ class TrainConfig:
     width: float = 0.5
     resize: int = 36
     crop: int = 32
-    backbone: str | None = None  # safetensors file or stored version folder; skips pretraining
+    backbone: str | None = None  # start from these weights (safetensors or version folder)
     # stage 1: pretrain every weight jointly (shared convs, per-domain BN and heads)
     pretrain_epochs: float = 2.0
     pretrain_lr: float = 0.05

@@ -46,7 +46,12 @@ class TrainResult:
 
 
 def load_backbone(model: MultiDomainResNet, path: Path) -> None:
-    """Copy shared conv weights from a safetensors file or a stored (unpruned) version folder."""
+    """Start from stored weights: a safetensors file or an unpruned version folder.
+
+    The shared convs are required. Per-domain tensors (BN, heads) load too when their names and
+    shapes match (same domains in the same order), so a pretrained multi-domain network can be
+    the starting point of several BAP runs.
+    """
     path = Path(path)
     file = path / "weights.safetensors" if path.is_dir() else path
     try:
@@ -54,14 +59,19 @@ def load_backbone(model: MultiDomainResNet, path: Path) -> None:
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{file}: cannot read backbone weights ({exc})") from exc
     own = model.state_dict()
-    convs = [k for k in own if k == "stem.weight" or ".conv" in k]
-    for key in convs:
+    for key in (k for k in own if k == "stem.weight" or ".conv" in k):
         if key not in tensors or tensors[key].shape != own[key].shape:
             raise ArtifactError(
                 f"{file}: no {key} of shape {tuple(own[key].shape)}; a backbone must be an "
                 f"unpruned network of width {model.spec.width}"
             )
-    model.load_state_dict({k: tensors[k] for k in convs}, strict=False)
+    matching = {
+        k: v
+        for k, v in tensors.items()
+        if k in own and v.shape == own[k].shape and k.split(".")[-1] != "masks"
+    }
+    model.load_state_dict(matching, strict=False)
+    log.info("backbone=%s loaded=%d of %d tensors", file, len(matching), len(own))
 
 
 class Trainer:
@@ -82,9 +92,8 @@ class Trainer:
         self.terms = CostTerms(spec, config.budget_unit, filter_costs(spec, config.budget_unit))
         self.duals = DualMultipliers(len(data), config.budget, config.dual_lr)
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
-        if config.backbone:
+        if config.backbone:  # stage 1 then fine-tunes it, for pretrain_epochs (0 skips it)
             load_backbone(self.model, Path(config.backbone))
-            self.phase = "bap"
 
     # ---- checkpoints -------------------------------------------------------------------
     def save(self, optimizer: torch.optim.Optimizer | None) -> None:

@@ -1,0 +1,246 @@
+"""The paper-style comparison on one set of domains, from one shared pretrained backbone:
+
+(1) independent fine-tuned single-domain models, (2) frozen backbone + per-domain BN and head,
+(3) switches with the budget loss but no sharing loss, (4) BAP at several budgets.
+Writes `results.md` (tables, Decathlon-style score against (1), machine and commit) and
+`accuracy_vs_budget.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from model_store import MultiDomainResNet, cost_fraction, model_parameters, slice_network
+
+from .config import TrainConfig
+from .data import DomainData
+from .evaluate import accuracy, decathlon_score, domain_metrics
+from .prune import export_pruned
+from .publish import provenance
+from .sources import load_domain
+from .trainer import train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Row:
+    """One method's figures: per-domain accuracy, MACs, parameters and realised cost fraction."""
+
+    method: str
+    budget: float | None
+    accuracy: dict[str, float]
+    macs: dict[str, int]
+    parameters: dict[str, int]
+    fraction: dict[str, float]
+    union_fraction: float  # cost fraction of the filters the stored model keeps
+    stored_parameters: int
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mean_accuracy(self) -> float:
+        return sum(self.accuracy.values()) / len(self.accuracy)
+
+
+def union_fraction(model: MultiDomainResNet, unit: str) -> float:
+    """Cost fraction (averaged over domains' heads) of every filter the network holds."""
+    spec, n = model.spec, len(model.spec.domains)
+    ones = [torch.ones(b.mid_channels, dtype=torch.float64) for b in spec.blocks()]
+    return sum(float(cost_fraction(spec, unit, d, ones)) for d in range(n)) / n
+
+
+def _row(
+    method: str,
+    budget: float | None,
+    model: MultiDomainResNet,
+    data: list[DomainData],
+    cfg: TrainConfig,
+    seconds: float,
+) -> Row:
+    metrics = domain_metrics(model, cfg.budget_unit)
+    return Row(
+        method=method,
+        budget=budget,
+        accuracy={d.name: accuracy(model, d, cfg.eval_batch_size) for d in data},
+        macs={k: m.macs for k, m in metrics.items()},
+        parameters={k: m.parameters for k, m in metrics.items()},
+        fraction={k: m.cost_fraction for k, m in metrics.items()},
+        union_fraction=union_fraction(model, cfg.budget_unit),
+        stored_parameters=model_parameters(model.spec),
+        seconds=seconds,
+    )
+
+
+class Report:
+    """Runs every method of the comparison in `out_dir` (one sub-folder per training run)."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path, progress: bool = True):
+        self.config, self.out, self.progress = config, Path(out_dir), progress
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data = [load_domain(e, config.resize, config.crop) for e in config.domains]
+
+    def _train(self, tag: str, config: TrainConfig, data: list[DomainData] | None = None):
+        start = time.perf_counter()
+        result = train(config, self.out / tag, data=data or self.data, progress=self.progress)
+        return result, time.perf_counter() - start
+
+    def pretrain(self) -> Path:
+        """Stage 1 once; every method below starts from these weights."""
+        result, seconds = self._train("pretrain", self.config.override(epochs=0.0))
+        self.pretrained, self.pretrain_seconds = result.model, seconds
+        path = self.out / "pretrained.safetensors"
+        save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(path))
+        return path
+
+    def independent(self, backbone_seconds: float) -> Row:
+        """(1) one fine-tuned model per domain (all weights), from the shared pretrained start."""
+        cfg, rows = self.config, []
+        full = [torch.arange(b.mid_channels) for b in self.pretrained.spec.blocks()]
+        for d, (entry, data) in enumerate(zip(cfg.domains, self.data, strict=True)):
+            path = self.out / f"single-{data.name}.safetensors"
+            single = slice_network(self.pretrained, full, [d])
+            save_file({k: v.contiguous() for k, v in single.state_dict().items()}, str(path))
+            run = cfg.override(
+                domains=[entry],
+                backbone=str(path),
+                pretrain_epochs=cfg.epochs,
+                pretrain_lr=cfg.lr,
+                epochs=0.0,
+            )
+            result, seconds = self._train(f"independent-{data.name}", run, [data])
+            rows.append(_row("independent", None, result.model, [data], cfg, seconds))
+        merged = Row(
+            method="(1) independent fine-tuned models",
+            budget=None,
+            accuracy={k: v for r in rows for k, v in r.accuracy.items()},
+            macs={k: v for r in rows for k, v in r.macs.items()},
+            parameters={k: v for r in rows for k, v in r.parameters.items()},
+            fraction={k: v for r in rows for k, v in r.fraction.items()},
+            union_fraction=1.0,
+            stored_parameters=sum(r.stored_parameters for r in rows),
+            seconds=sum(r.seconds for r in rows) + backbone_seconds,
+        )
+        return merged
+
+    def switched(self, method: str, budget: float, backbone: Path, **changes) -> Row:
+        """A stage-2 run from the pretrained weights, exported with the budget guarantee."""
+        run = self.config.override(
+            backbone=str(backbone), pretrain_epochs=0.0, budget=budget, **changes
+        )
+        result, seconds = self._train(method.split()[0].strip("()") + f"-{budget}", run)
+        pruned, _ = export_pruned(result.model, result.scores, budget, run.budget_unit)
+        return _row(method, budget, pruned, self.data, run, seconds)
+
+    def run(self, budgets: list[float]) -> list[Row]:
+        backbone = self.pretrain()
+        rows = [
+            self.independent(self.pretrain_seconds),
+            self.switched(
+                "(2) frozen backbone, BN + heads", 1.0, backbone, sharing="none", score_lr=0.0
+            ),
+            self.switched("(3) budget loss, no sharing", 0.5, backbone, sharing="none"),
+        ]
+        rows += [self.switched(f"(4) BAP β={b}", b, backbone) for b in budgets]
+        return rows
+
+
+def render_markdown(
+    rows: list[Row], config: TrainConfig, single_params: float, started: float
+) -> str:
+    """results.md: the comparison table, per-domain detail of every method, and provenance."""
+    baseline = rows[0]
+    names = list(baseline.accuracy)
+    base_err = [1 - baseline.accuracy[n] for n in names]
+    head = (
+        "| method | β asked | "
+        + " | ".join(names)
+        + " | mean | S | max domain cost | stored model cost (union) "
+        + "| stored params vs one ResNet-26 |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        score = decathlon_score([1 - r.accuracy[n] for n in names], base_err)
+        lines.append(
+            f"| {r.method} | {'-' if r.budget is None else r.budget} | "
+            + " | ".join(f"{100 * r.accuracy[n]:.1f}" for n in names)
+            + f" | {100 * r.mean_accuracy:.1f} | {score:.0f} | {max(r.fraction.values()):.3f} | "
+            f"{r.union_fraction:.3f} | {r.stored_parameters / single_params:.3f} |"
+        )
+    detail = [
+        "| method | domain | accuracy | MACs | parameters | cost fraction |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for n in names:
+            detail.append(
+                f"| {r.method} | {n} | {100 * r.accuracy[n]:.1f} | {r.macs[n]:,} "
+                f"| {r.parameters[n]:,} | {r.fraction[n]:.3f} |"
+            )
+    prov = provenance()
+    return "\n".join(
+        [
+            "# Results: accuracy kept, parameters and MACs cut, per budget",
+            "",
+            f"Produced by `python -m training report` at commit `{prov['commit']}` on "
+            f"{prov['machine']} (torch {prov['torch']}), {prov['created_at']}, in "
+            f"{(time.time() - started) / 60:.1f} minutes.",
+            f"Domains: {', '.join(names)}; width {config.width}, input {config.crop}px, budget "
+            f"unit `{config.budget_unit}`, {config.pretrain_epochs} pretraining epochs, "
+            f"{config.epochs} stage-2 epochs (the independent models fine-tune for as long). "
+            "Accuracy in %, on each domain's test split.",
+            "",
+            "S is the Visual Decathlon score, S = Σ 1000·(max(0, Emax − E)/Emax)², Emax = 2 × the "
+            "error of (1); (1) scores 1000 per domain by construction. 'max domain cost' is the "
+            "largest realised per-domain cost fraction (the budget guarantee keeps it ≤ β); "
+            "'stored model cost' is the fraction of the single-domain cost that the pruned model "
+            "still holds (what survives pruning: the union of the domains' filters).",
+            "",
+            *lines,
+            "",
+            "## Per domain",
+            "",
+            *detail,
+            "",
+            "![accuracy vs budget](accuracy_vs_budget.png)",
+            "",
+        ]
+    )
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    """Mean and per-domain accuracy of BAP against the budget, with baselines (1) and (2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bap = sorted((r for r in rows if r.method.startswith("(4)")), key=lambda r: r.budget)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budgets = [r.budget for r in bap]
+    for name in rows[0].accuracy:
+        ax.plot(budgets, [100 * r.accuracy[name] for r in bap], marker="o", alpha=0.5, label=name)
+    ax.plot(
+        budgets,
+        [100 * r.mean_accuracy for r in bap],
+        marker="o",
+        color="black",
+        lw=2.5,
+        label="BAP mean",
+    )
+    ax.axhline(100 * rows[0].mean_accuracy, ls="--", color="tab:red", label="(1) independent, mean")
+    ax.axhline(100 * rows[1].mean_accuracy, ls=":", color="tab:gray", label="(2) BN + heads, mean")
+    ax.set_xlabel("budget β (fraction of single-domain MACs)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("BAP: accuracy against budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
