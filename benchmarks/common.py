@@ -77,6 +77,12 @@ def process_memory(pid: int) -> dict[str, int]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_delta(fn: Callable[[], object]) -> int:
     """Bytes the resident set grew to above its level before `fn` (activations, workspace).
 

@@ -34,6 +34,7 @@ class Load:
 @dataclass
 class Outcome:
     started: float
+    warmup_requests: int = 0
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -45,6 +46,7 @@ class Outcome:
 
         return {
             "requests": len(lat) + sum(self.errors.values()),
+            "warmup_requests": self.warmup_requests,
             "ok": len(lat),
             "errors": dict(self.errors),
             "throughput": len(lat) / window_s,
@@ -67,6 +69,7 @@ async def _one(client: httpx.AsyncClient, domain: str, image: bytes, out: Outcom
     except httpx.HTTPError as exc:
         status = type(exc).__name__
     if start < out.started:  # sent during warm-up
+        out.warmup_requests += 1
         return
     if status == "200":
         out.latencies.append(time.perf_counter() - start)

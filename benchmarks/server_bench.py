@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model_store import prune_to_union
 
+from .common import cpu_seconds
 from .inprocess import InProcess
 from .loadgen import Load, batch_counts, run_load
 from .process import Server, serve
@@ -89,11 +91,20 @@ def _sweep(
 
 
 def _point(server: Server, name: str, traffic: str, load: Load, image: bytes) -> dict[str, Any]:
-    before = batch_counts(server.url)
+    before, cpu = batch_counts(server.url), (cpu_seconds(server.pid), time.process_time())
     result = run_load(server.url, load, image)
+    server_cpu, client_cpu = cpu_seconds(server.pid) - cpu[0], time.process_time() - cpu[1]
     after = batch_counts(server.url)
     delta = {k: after[k] - before[k] for k in after}
-    return {"server": name, "traffic": traffic} | result | _batches(delta, len(load.domains))
+    # Where the 2 cores went: the whole run (warm-up included) over the requests it sent.
+    sent = max(1, result["requests"] + result["warmup_requests"])
+    cpu_ms = {
+        "server_cpu_ms_per_request": server_cpu / sent * 1e3,
+        "client_cpu_ms_per_request": client_cpu / sent * 1e3,
+    }
+    return (
+        {"server": name, "traffic": traffic} | result | _batches(delta, len(load.domains)) | cpu_ms
+    )
 
 
 def _batches(delta: dict[str, float], domains: int) -> dict[str, Any]:
