@@ -1,9 +1,11 @@
 """Resumable training state in one safetensors file; no pickle anywhere.
 
-Tensors (model, switch scores, optimizer buffers, sampler order, RNG states) are the file's
-tensors; the phase, step and scalars are JSON in its string metadata. One file written to a temp
-name and renamed means a run killed mid-write resumes from the previous checkpoint, never from
-tensors of one step and scalars of another.
+Tensors (model, switch scores, optimizer buffers, fp16 loss scale, sampler order, RNG states)
+are the file's tensors; the phase, step and scalars are JSON in its string metadata. One file
+written to a temp name and renamed means a run killed mid-write resumes from the previous
+checkpoint, never from tensors of one step and scalars of another. Nothing in it is per rank
+(every rank holds the same replica and the same global sampler), so a checkpoint written by N
+ranks resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -38,6 +40,25 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         state.setdefault(int(index), {})[key] = value
     sd = optimizer.state_dict()
     optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
+def scaler_tensors(scaler: torch.amp.GradScaler) -> dict[str, Tensor]:
+    """fp16 loss scale and its growth counter (nothing when loss scaling is off)."""
+    if not scaler.is_enabled():
+        return {}
+    state = scaler.state_dict()
+    return {
+        "scale": torch.tensor(state["scale"], dtype=torch.float64),
+        "growth_tracker": torch.tensor(state["_growth_tracker"], dtype=torch.int64),
+    }
+
+
+def load_scaler_tensors(scaler: torch.amp.GradScaler, tensors: dict[str, Tensor]) -> None:
+    if not scaler.is_enabled() or not tensors:
+        return
+    state = scaler.state_dict()
+    state.update(scale=float(tensors["scale"]), _growth_tracker=int(tensors["growth_tracker"]))
+    scaler.load_state_dict(state)
 
 
 def save_checkpoint(

@@ -1,5 +1,6 @@
 """Command line: `python -m training {train,evaluate,inspect}`. Flags map onto TrainConfig fields;
-no logic lives here beyond wiring."""
+no logic lives here beyond wiring. `torchrun ... -m training train` runs the same command on
+every rank (see `distributed`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from model_store import ArtifactError, load_version, single_domain_parameters, version_path
 
-from .config import TrainConfig
+from . import distributed
+from .config import PRECISIONS, TrainConfig
 from .evaluate import accuracy, model_totals, results_table
 from .publish import publish_result
 from .report import Report, plot, render_markdown
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --run-dir from its checkpoint"
     )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--device",
+        choices=distributed.DEVICES,
+        default="auto",
+        help="auto: this rank's GPU when CUDA is available, else the CPU",
+    )
     g = t.add_argument_group("overrides of config fields")
     g.add_argument("--budget", type=float)
     g.add_argument("--budget-unit", choices=("macs", "params"))
@@ -67,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretraining is skipped unless --pretrain-epochs is given",
     )
     g.add_argument("--threads", type=int)
+    g.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (fp16: loss scaling)")
     g.add_argument("--seed", type=int)
 
     r = sub.add_parser("report", help="baselines and BAP at several budgets -> results.md + plot")
@@ -102,10 +111,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         else args.pretrain_epochs,
         backbone=args.backbone,
         threads=args.threads,
+        precision=args.precision,
         seed=args.seed,
     )
     run_dir = args.run_dir or Path("runs") / config.name
-    result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+    ranks = distributed.setup(args.device)
+    try:
+        result = train(config, run_dir, args.resume, progress=not args.quiet, ranks=ranks)
+    finally:
+        distributed.teardown()
+    if not ranks.main:
+        return 0
     config = TrainConfig.load(run_dir / "config.json")  # a resumed run uses its stored config
     manifest, _ = publish_result(config, result, args.store)
     _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))

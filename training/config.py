@@ -14,6 +14,7 @@ from typing import Any
 from model_store import UNITS
 
 SHARING_FORMS = ("union", "intersection", "jaccard", "none")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _synthetic_domains() -> list[dict[str, Any]]:
@@ -62,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    precision: str = "fp32"  # "bf16" / "fp16": autocast forward and loss (fp16 with loss scaling)
     eval_batch_size: int = 256
     checkpoint_every: int = 200  # steps between resumable checkpoints
 
@@ -87,6 +89,8 @@ class TrainConfig:
             problems.append("every domain entry needs 'source' and 'name'")
         if self.pretrain_epochs < 0 or self.epochs < 0 or self.batch_size < 1:
             problems.append("epochs must be >= 0 and batch_size >= 1")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 <= self.sharing_warmup <= 1:
             problems.append(f"sharing_warmup must be in [0, 1], got {self.sharing_warmup}")
         if problems:

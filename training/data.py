@@ -79,22 +79,31 @@ def images_from_arrays(arrays: np.ndarray, resize: int) -> Tensor:
 
 
 def train_batch(
-    data: DomainData, pre: Preprocess, batch: Tensor, generator: torch.Generator
-) -> Tensor:
-    """Random crop (and flip, if allowed) of stored images, normalised: the training transform."""
-    n, offset = len(batch), data.resize - data.crop
-    xs = torch.randint(0, offset + 1, (n,), generator=generator).tolist()
-    ys = torch.randint(0, offset + 1, (n,), generator=generator).tolist()
+    data: DomainData,
+    pre: Preprocess,
+    indices: Tensor,
+    generator: torch.Generator,
+    rows: slice = slice(None),
+) -> tuple[Tensor, Tensor]:
+    """Random crop (and flip, if allowed) of stored images, normalised: the training transform.
+
+    The random draws cover the whole global batch `indices`, then only `rows` are built, so each
+    rank of a distributed run augments its slice exactly as a single process would.
+    """
+    n, offset = len(indices), data.resize - data.crop
+    xs = torch.randint(0, offset + 1, (n,), generator=generator)[rows].tolist()
+    ys = torch.randint(0, offset + 1, (n,), generator=generator)[rows].tolist()
+    flip = torch.rand(n, generator=generator)[rows] < 0.5 if data.hflip else None
+    batch = data.train.images[indices[rows]]
     crops = torch.stack(
         [
             img[:, y : y + data.crop, x : x + data.crop]
             for img, x, y in zip(batch, xs, ys, strict=True)
         ]
     )
-    if data.hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
+    if flip is not None:
         crops[flip] = crops[flip].flip(-1)
-    return normalize(crops, pre)
+    return normalize(crops, pre), data.train.targets[indices[rows]]
 
 
 def eval_batches(
@@ -111,7 +120,10 @@ def eval_batches(
 
 class RoundRobin:
     """One shuffled batch per domain per step, so every step sees (and shapes the union of) all
-    domains. Each domain reshuffles when exhausted; an epoch is the largest domain's pass."""
+    domains. Each domain reshuffles when exhausted; an epoch is the largest domain's pass.
+
+    The sampler is global: every rank of a distributed run holds the same one and draws the same
+    batch, then takes its rows of it, so its checkpointed state fits any number of ranks."""
 
     def __init__(self, domains: list[DomainData], batch_size: int, seed: int):
         self.domains, self.batch_size = domains, batch_size

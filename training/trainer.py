@@ -7,6 +7,11 @@ switch scores, BatchNorms and head learn with
     L = sum_d CE_d + budget_weight * sum_d max(0, c_d - budget) + w(t) * sharing
 where c_d is the domain's cost fraction and w(t) ramps sharing_weight up over the warm-up.
 Checkpoints every `checkpoint_every` steps make a killed run resume where it stopped.
+
+Data parallel (torchrun): every rank draws the same global batch per domain and trains on its
+rows; DDP averages the gradients of what the phase trains (stage 2: the switch scores too), so
+every rank holds the same scores, masks, losses and dual multipliers. Per-domain BN statistics
+are per rank while training and averaged at each checkpoint (see `distributed`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from tqdm import tqdm
 
 from model_store import ArtifactError, ModelSpec, MultiDomainResNet, build_model, filter_costs
 
-from .checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+from . import distributed
+from .checkpoint import (
+    load_checkpoint,
+    load_optimizer_tensors,
+    load_scaler_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+    scaler_tensors,
+)
 from .config import TrainConfig
 from .data import DomainData, RoundRobin, train_batch
 from .losses import CostTerms, DualMultipliers, budget_loss, sharing_loss, union_masks
@@ -77,8 +90,17 @@ def load_backbone(model: MultiDomainResNet, path: Path) -> None:
 class Trainer:
     """Holds one run's state; `run()` executes the remaining phases and returns the result."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, data: list[DomainData], progress: bool):
-        self.config, self.run_dir, self.data, self.progress = config, run_dir, data, progress
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        data: list[DomainData],
+        progress: bool,
+        ranks: distributed.Ranks | None = None,
+    ):
+        self.config, self.run_dir, self.data = config, run_dir, data
+        self.ranks = ranks or distributed.Ranks()
+        self.progress = progress and self.ranks.main
         torch.manual_seed(config.seed)
         spec = ModelSpec(
             domains=tuple(d.domain_spec() for d in data), width=config.width, input_size=config.crop
@@ -89,14 +111,25 @@ class Trainer:
         )
         self.sampler = RoundRobin(data, config.batch_size, config.seed)
         self.augment = torch.Generator().manual_seed(config.seed + 1)
-        self.terms = CostTerms(spec, config.budget_unit, filter_costs(spec, config.budget_unit))
+        device = self.ranks.device
+        costs = [c.to(device) for c in filter_costs(spec, config.budget_unit)]
+        self.terms = CostTerms(spec, config.budget_unit, costs)
         self.duals = DualMultipliers(len(data), config.budget, config.dual_lr)
+        self.scaler = distributed.grad_scaler(device, config.precision)
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
         if config.backbone:  # stage 1 then fine-tunes it, for pretrain_epochs (0 skips it)
             load_backbone(self.model, Path(config.backbone))
+        self.model.to(device)
+        self.switches.to(device)
+        self.net: torch.nn.Module = self.model  # what a step calls: the model, or its DDP
 
     # ---- checkpoints -------------------------------------------------------------------
     def save(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """Every rank joins (BN statistics are averaged, replicas checked); rank 0 writes."""
+        self.ranks.average_buffers(self.model)
+        self.ranks.check_in_sync([*self.model.parameters(), *self.switches.parameters()])
+        if not self.ranks.main:
+            return
         groups = {
             "model": self.model.state_dict(),
             "switches": self.switches.state_dict(),
@@ -104,6 +137,7 @@ class Trainer:
             "rng": {"augment": self.augment.get_state(), "torch": torch.get_rng_state()},
             "duals": {"values": self.duals.values},
             "optim": optimizer_tensors(optimizer) if optimizer is not None else {},
+            "scaler": scaler_tensors(self.scaler),
         }
         save_checkpoint(self.run_dir, groups, {"phase": self.phase, "step": self.step})
 
@@ -118,6 +152,7 @@ class Trainer:
         self.augment.set_state(groups["rng"]["augment"])
         torch.set_rng_state(groups["rng"]["torch"])
         self.duals.values = groups["duals"]["values"]
+        load_scaler_tensors(self.scaler, groups.get("scaler", {}))
         self.phase, self.step, self.optim_state = (
             meta["phase"],
             meta["step"],
@@ -127,28 +162,30 @@ class Trainer:
         return True
 
     # ---- the two stages ----------------------------------------------------------------
-    def batch(self, d: int) -> tuple[Tensor, Tensor]:
+    def batch(self, d: int) -> tuple[Tensor, Tensor, float]:
+        """This rank's rows of domain d's next global batch, augmented, on the device, and the
+        weight on their mean loss that makes DDP's average over ranks the global batch mean."""
         data = self.data[d]
         idx = self.sampler.next_indices(d)
         pre = self.model.spec.domains[d].preprocess
-        return train_batch(data, pre, data.train.images[idx], self.augment), data.train.targets[idx]
+        x, y = train_batch(data, pre, idx, self.augment, self.ranks.rows(len(idx)))
+        return self.ranks.to_device(x), self.ranks.to_device(y), self.ranks.shard_weight(len(idx))
 
-    def pretrain_step(self, step: int, total: int) -> dict[str, float]:
-        loss = torch.zeros(())
+    def pretrain_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
+        loss = torch.zeros((), device=self.ranks.device)
         for d in range(len(self.data)):
-            x, y = self.batch(d)
-            loss = loss + F.cross_entropy(self.model(x, d), y)
-        loss.backward()
-        return {"ce": loss.item()}
+            x, y, share = self.batch(d)
+            loss = loss + share * F.cross_entropy(self.net(x, d), y)
+        return loss, {"ce": loss.item()}
 
-    def bap_step(self, step: int, total: int) -> dict[str, float]:
+    def bap_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         all_masks = self.switches.all_masks()
-        ce, fractions = torch.zeros(()), []
+        ce, fractions = torch.zeros((), device=self.ranks.device), []
         for d in range(len(self.data)):
-            x, y = self.batch(d)
+            x, y, share = self.batch(d)
             masks = [m[d] for m in all_masks]
-            ce = ce + F.cross_entropy(self.model(x, d, masks), y)
+            ce = ce + share * F.cross_entropy(self.net(x, d, masks), y)
             fractions.append(self.terms.domain(d, masks))
         union = self.terms.shared(union_masks(all_masks))
         if cfg.budget_control == "dual":
@@ -160,17 +197,16 @@ class Trainer:
             warm = min(1.0, step / max(1.0, cfg.sharing_warmup * total))
             share = sharing_loss(cfg.sharing, self.terms, all_masks, cfg.budget)
             constraints = constraints + warm * cfg.sharing_weight * share
-        (ce + constraints).backward()
-        costs = [f.item() for f in fractions]
+        costs = [f.item() for f in fractions]  # the same on every rank: the same scores
         self.duals.update(costs, union.item() if cfg.sharing == "union" else None)
-        return {"ce": ce.item(), "cost": max(costs), "union": union.item()}
+        return ce + constraints, {"ce": ce.item(), "cost": max(costs), "union": union.item()}
 
     def run_phase(
         self,
         name: str,
         epochs: float,
         optimizer: torch.optim.Optimizer,
-        step_fn: Callable[[int, int], dict[str, float]],
+        step_fn: Callable[[int, int], tuple[Tensor, dict[str, float]]],
     ) -> None:
         total = math.ceil(epochs * self.sampler.steps_per_epoch)
         if self.optim_state:
@@ -184,8 +220,11 @@ class Trainer:
             for group, lr in zip(optimizer.param_groups, base, strict=True):
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * self.step / total))  # cosine decay
             optimizer.zero_grad(set_to_none=True)
-            stats = step_fn(self.step, total)
-            optimizer.step()
+            with distributed.autocast(self.ranks.device, self.config.precision):
+                loss, stats = step_fn(self.step, total)
+            self.scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
+            self.scaler.step(optimizer)
+            self.scaler.update()
             self.step += 1
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
@@ -205,6 +244,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         if self.phase == "pretrain":
+            self.net = self.ranks.replicate(self.model)
             opt = torch.optim.SGD(
                 self.model.parameters(),
                 cfg.pretrain_lr,
@@ -217,6 +257,7 @@ class Trainer:
         if self.phase == "bap" and self.step == 0 and cfg.score_init_from_bn:
             self.switches.spread_by_importance([b.bn1.weight.detach() for b in self.model.blocks])
         if self.phase == "bap":
+            self.net = self.ranks.replicate(self.model, self.switches)
             opt = torch.optim.SGD(
                 [
                     {
@@ -237,8 +278,8 @@ class Trainer:
         with torch.no_grad():
             for block, mask in zip(self.model.blocks, self.switches.hard_masks(), strict=True):
                 block.masks.copy_(mask)
-        scores = [s.detach().clone() for s in self.switches.scores]
-        return TrainResult(self.model.eval(), scores, self.data)
+        scores = [s.detach().cpu().clone() for s in self.switches.scores]
+        return TrainResult(self.model.cpu().eval(), scores, self.data)
 
 
 def train(
@@ -247,11 +288,14 @@ def train(
     resume: bool = False,
     data: list[DomainData] | None = None,
     progress: bool = True,
+    ranks: distributed.Ranks | None = None,
 ) -> TrainResult:
-    """Run (or resume) one BAP training run in `run_dir`."""
+    """Run (or resume) one BAP training run in `run_dir`, as one of `ranks` processes."""
+    ranks = ranks or distributed.Ranks()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     stored = run_dir / "config.json"
+    resume = resume or distributed.restarted_launch(run_dir)
     if resume:
         if not stored.is_file():
             raise FileNotFoundError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
@@ -260,12 +304,16 @@ def train(
         raise FileExistsError(
             f"{run_dir} holds a checkpoint: pass --resume, or pick another --run-dir"
         )
-    config.save(stored)
+    ranks.barrier()  # every rank has read the folder before rank 0 writes to it
+    if ranks.main:
+        config.save(stored)
+        distributed.mark_launch(run_dir)
+    ranks.barrier()
     if config.threads:
         torch.set_num_threads(config.threads)
     if data is None:
         data = [load_domain(entry, config.resize, config.crop) for entry in config.domains]
-    trainer = Trainer(config, run_dir, data, progress)
+    trainer = Trainer(config, run_dir, data, progress, ranks)
     if resume:
         trainer.restore()
     return trainer.run()
