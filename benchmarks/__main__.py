@@ -9,33 +9,41 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import levers, memory_bench, model_bench, report, server_bench
-from .common import DOC, RESULTS, machine, write_result
+from .common import DOC, RESULTS, ROOT, machine, write_result
 from .workloads import BUNDLED, HEADLINE, Shape
 
 log = logging.getLogger("benchmarks")
 TINY = Shape(16, 0.25)
+BUNDLED_STORE = ROOT / "model_store" / "bundled"  # what `make embedded` publishes
 LEVERS_QUICK = tuple(k for k in levers.LEVERS if k != "torch.compile")
 
 
 def model_settings(quick: bool) -> model_bench.Settings:
     if quick:
         return model_bench.Settings((TINY,), (1, 4), (0.5,), 0.01, warmup=1, min_reps=2)
-    return model_bench.Settings((HEADLINE, BUNDLED), (1, 8, 32), (0.75, 0.5, 0.25), 0.6)
+    return model_bench.Settings(
+        (HEADLINE, BUNDLED), (1, 8, 32), (0.75, 0.5, 0.25), 0.4, bundled=(BUNDLED_STORE, "embedded")
+    )
 
 
 def server_settings(quick: bool) -> server_bench.Settings:
     if quick:
         return server_bench.Settings((1, 4), (4,), 0.5, 0.1, 200, 0.02, shape=TINY)
-    return server_bench.Settings((1, 4, 16, 32, 64), (4, 16, 64), 4.0, 1.0, 5000, 0.5)
+    return server_bench.Settings((1, 4, 16, 32, 64), (4, 16, 64), 3.0, 1.0, 5000, 0.5)
 
 
-def suites(quick: bool) -> dict[str, list[tuple[str, Callable[[], dict[str, Any]], object]]]:
+def suites(
+    quick: bool, threads: int | None
+) -> dict[str, list[tuple[str, Callable[[], dict[str, Any]], object]]]:
     """suite -> [(result name, measure, settings)]; settings go into the JSON as they are."""
-    m, s = model_settings(quick), server_settings(quick)
+    m, s = model_settings(quick), replace(server_settings(quick), torch_threads=threads)
     lever_batches, lever_seconds = ((1,), 0.01) if quick else ((1, 32), 0.6)
     lever_names = LEVERS_QUICK if quick else tuple(levers.LEVERS)
     lever_shape = TINY if quick else HEADLINE
@@ -66,13 +74,18 @@ def main(argv: list[str] | None = None) -> None:
         "suite", nargs="?", default="all", choices=["model", "server", "memory", "all"]
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads, in-process and in the servers"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for <name>.json")
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown file to regenerate")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
-    chosen = suites(args.quick)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    chosen = suites(args.quick, args.threads)
     for suite in chosen if args.suite == "all" else [args.suite]:
         for name, run, settings in chosen[suite]:
             started = machine()

@@ -9,7 +9,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,20 +32,26 @@ class Timing:
     reps: int
 
 
-def time_call(
-    fn: Callable[[], object], budget_s: float, warmup: int = 2, min_reps: int = 5
-) -> Timing:
-    """Median wall time of `fn` after warm-up, repeated until `budget_s` is spent (at least
-    `min_reps` times): a fixed time per case keeps the whole run bounded on slow machines."""
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
+def time_calls(
+    fns: Sequence[Callable[[], object]], budget_s: float, warmup: int = 2, min_reps: int = 3
+) -> list[Timing]:
+    """Median wall time of each of `fns`, timed in interleaved rounds (one call of each per
+    round) until `budget_s` is spent and every one ran `min_reps` times.
+
+    Interleaving is what makes ratios trustworthy on a shared machine: a burst of someone
+    else's load slows every case of a round alike instead of one case's whole series.
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
     stop = time.perf_counter() + budget_s
-    while len(samples) < min_reps or time.perf_counter() < stop:
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return Timing(statistics.median(samples), min(samples), len(samples))
+    while len(samples[0]) < min_reps or time.perf_counter() < stop:
+        for fn, series in zip(fns, samples, strict=True):
+            start = time.perf_counter()
+            fn()
+            series.append(time.perf_counter() - start)
+    return [Timing(statistics.median(s), min(s), len(s)) for s in samples]
 
 
 def _status_kib(field: str, pid: int | str = "self") -> int:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from model_store import domain_view, load_version, preprocess_bytes
 
-from .common import time_call
+from .common import time_calls
 
 
 class InProcess:
@@ -44,8 +44,7 @@ class InProcess:
         def full() -> None:
             self.forward(domains, torch.stack([self.decode(d, image) for d in domains]))
 
-        with_decode = time_call(full, seconds)
-        model_only = time_call(lambda: self.forward(domains, x), seconds)
+        with_decode, model_only = time_calls([full, lambda: self.forward(domains, x)], seconds)
         n = len(domains)
         return {
             "batch": n,

@@ -12,16 +12,24 @@ Cases, for each batch size (medians after warm-up, `torch.inference_mode`, as th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from model_store import MultiDomainResNet, domain_view, prune_to_union
+from model_store import (
+    ArtifactError,
+    MultiDomainResNet,
+    domain_view,
+    load_version,
+    prune_to_union,
+)
 
-from .common import Timing, peak_rss_delta, time_call
+from .common import Timing, peak_rss_delta, time_calls
 from .workloads import Shape, domain_fraction, executed_macs, masked_network
 
 log = logging.getLogger(__name__)
@@ -34,8 +42,9 @@ class Settings:
     batches: tuple[int, ...]
     budgets: tuple[float, ...]
     seconds_per_case: float
-    warmup: int = 2
-    min_reps: int = 5
+    warmup: int = 1
+    min_reps: int = 3
+    bundled: tuple[Path, str] | None = None  # (store, model name), timed too when published
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,10 @@ class Case:
 
 
 def cases(shape: Shape, budgets: tuple[float, ...]) -> list[Case]:
-    """Every network and execution strategy of one backbone shape."""
-    single = masked_network(shape, 1, 1.0, seed=0)
+    """Every network and execution strategy of one backbone shape; the reference first."""
     masked = masked_network(shape, NUM_DOMAINS, budgets[0], seed=1)
     out = [
-        Case("single-domain ResNet-26", "full", None, 0, executed_macs(single), _on(single, 0)),
+        reference(shape),
         Case(
             "multi-domain, masked",
             "all filters + mask",
@@ -67,36 +75,55 @@ def cases(shape: Shape, budgets: tuple[float, ...]) -> list[Case]:
         ),
     ]
     for i, budget in enumerate(budgets):
-        full = masked_network(shape, NUM_DOMAINS, budget, seed=10 + i)
-        pruned = prune_to_union(full)
-        out.append(
-            Case(
-                "BAP pruned",
-                "union + mask",
-                budget,
-                0,
-                executed_macs(pruned),
-                _on(pruned, 0),
-                domain_fraction(full, 0),
-            )
-        )
-        for d in range(NUM_DOMAINS):
-            view = domain_view(pruned, d).eval()
-            out.append(
-                Case(
-                    "BAP pruned",
-                    "own filters",
-                    budget,
-                    d,
-                    executed_macs(view),
-                    _on(view, 0),
-                    domain_fraction(full, d),
-                )
-            )
-        out.append(
-            Case("BAP pruned", "mixed batch", budget, "all", executed_macs(pruned), _mixed(pruned))
-        )
+        pruned = prune_to_union(masked_network(shape, NUM_DOMAINS, budget, seed=10 + i))
+        out += pruned_cases(pruned, "BAP pruned", budget)
     return out
+
+
+def reference(shape: Shape) -> Case:
+    single = masked_network(shape, 1, 1.0, seed=0)
+    return Case("single-domain ResNet-26", "full", None, 0, executed_macs(single), _on(single, 0))
+
+
+def pruned_cases(pruned: MultiDomainResNet, network: str, budget: float) -> list[Case]:
+    """A pruned network run as union + mask, as each domain's own filters, and mixed."""
+    union = Case(
+        network,
+        "union + mask",
+        budget,
+        0,
+        executed_macs(pruned),
+        _on(pruned, 0),
+        domain_fraction(pruned, 0),
+    )
+    views = [
+        Case(
+            network,
+            "own filters",
+            budget,
+            d,
+            executed_macs(view),
+            _on(view, 0),
+            domain_fraction(pruned, d),
+        )
+        for d in range(len(pruned.domain_names))
+        for view in [domain_view(pruned, d).eval()]
+    ]
+    mixed = Case(network, "mixed batch", budget, "all", executed_macs(pruned), _mixed(pruned))
+    return [union, *views, mixed]
+
+
+def bundled_cases(store: Path, name: str) -> tuple[str, Shape, list[Case]] | None:
+    """The real bundled model, if one has been published, with a reference of its shape."""
+    try:
+        manifest, model = load_version(store, name)
+    except (ArtifactError, OSError) as exc:
+        log.info("model: no bundled model to time (%s)", exc)
+        return None
+    shape = Shape(manifest.spec.input_size, manifest.spec.width)
+    label = f"bundled {name} {manifest.version}"
+    real = [reference(shape), *pruned_cases(model, label, manifest.budget)]
+    return f"{label} ({shape.label})", shape, real
 
 
 def _on(model: MultiDomainResNet, domain: int) -> Callable[[Tensor], object]:
@@ -113,34 +140,39 @@ def _mixed(model: MultiDomainResNet) -> Callable[[Tensor], object]:
     return run
 
 
+def groups(settings: Settings) -> Iterator[tuple[str, Shape, list[Case]]]:
+    """(label, input shape, cases) per backbone shape, built one at a time to bound memory."""
+    for shape in settings.shapes:
+        yield shape.label, shape, cases(shape, settings.budgets)
+    if settings.bundled and (real := bundled_cases(*settings.bundled)) is not None:
+        yield real
+
+
 def measure(settings: Settings) -> dict[str, Any]:
     """One row per (shape, batch, case): latency, throughput, memory, speedup vs MACs ratio."""
     rows: list[dict[str, Any]] = []
     with torch.inference_mode():
-        for shape in settings.shapes:
-            shape_cases = cases(shape, settings.budgets)
-            reference = shape_cases[0]
+        for label, shape, shape_cases in groups(settings):
             for batch in settings.batches:
                 x = torch.randn(batch, 3, shape.input_size, shape.input_size)
-                timings = [_time(c, x, settings) for c in shape_cases]
+                timings = time_calls(
+                    [partial(c.run, x) for c in shape_cases],
+                    settings.seconds_per_case * len(shape_cases),
+                    settings.warmup,
+                    settings.min_reps,
+                )
                 base = timings[0].median
                 for case, timing in zip(shape_cases, timings, strict=True):
-                    rows.append(_row(shape, batch, case, timing, base, reference.macs, x))
-                log.info("model: %s batch %d done", shape.label, batch)
+                    rows.append(_row(label, batch, case, timing, base, shape_cases[0].macs, x))
+                log.info("model: %s batch %d done", label, batch)
     return {"rows": rows}
 
 
-def _time(case: Case, x: Tensor, settings: Settings) -> Timing:
-    return time_call(
-        lambda: case.run(x), settings.seconds_per_case, settings.warmup, settings.min_reps
-    )
-
-
 def _row(
-    shape: Shape, batch: int, case: Case, timing: Timing, base: float, base_macs: float, x: Tensor
+    label: str, batch: int, case: Case, timing: Timing, base: float, base_macs: float, x: Tensor
 ) -> dict[str, Any]:
     return {
-        "shape": shape.label,
+        "shape": label,
         "batch": batch,
         "network": case.network,
         "strategy": case.strategy,

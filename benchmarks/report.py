@@ -15,6 +15,7 @@ from typing import Any
 
 NOTES = Path(__file__).with_name("notes.md")
 Row = dict[str, Any]
+SWEEP_SERVERS = ("batching off", "auto", "auto, 1 torch thread")
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
@@ -129,31 +130,28 @@ def _by(points: list[Row], server: str, traffic: str) -> dict[int, Row]:
 
 def server_section(result: dict[str, Any]) -> str:
     points = result["figures"]["points"]
-    off, auto = _by(points, "batching off", "spread"), _by(points, "auto", "spread")
     sweep = [
         [
-            c,
-            o["throughput"],
-            o["p50_ms"],
-            o["p99_ms"],
-            a["throughput"],
-            a["p50_ms"],
-            a["p95_ms"],
-            a["p99_ms"],
-            _errors(o, a),
-            a["mean_batch"],
-            a.get("http_over_inprocess"),
-            a.get("http_over_model"),
+            p["server"],
+            p["clients"],
+            p["throughput"],
+            p["p50_ms"],
+            p["p95_ms"],
+            p["p99_ms"],
+            _errors(p),
+            p["mean_batch"],
+            p.get("http_over_inprocess"),
+            p.get("http_over_model"),
+            p["server_cpu_ms_per_request"],
+            p["client_cpu_ms_per_request"],
         ]
-        for c in sorted(set(off) & set(auto))
-        for o, a in [(off[c], auto[c])]
+        for name in SWEEP_SERVERS
+        for p in _by(points, name, "spread").values()
     ]
     header = [
+        "server",
         "clients",
-        "off req/s",
-        "off p50",
-        "off p99",
-        "auto req/s",
+        "req/s",
         "p50 ms",
         "p95 ms",
         "p99 ms",
@@ -161,6 +159,8 @@ def server_section(result: dict[str, Any]) -> str:
         "batch formed",
         "HTTP / in-process",
         "HTTP / model only",
+        "server CPU ms / req",
+        "client CPU ms / req",
     ]
     policy_rows = []
     for traffic in ("spread", "one domain"):
@@ -203,6 +203,9 @@ def server_section(result: dict[str, Any]) -> str:
             "multipart PNG, on the same cores as the server. Latencies in ms. Traffic spread "
             "evenly over the 4 domains unless said.",
             "### Batching off (max batch size 1) vs on (auto, max batch 16 / 5 ms)",
+            "HTTP / in-process divides by the same work without HTTP (decode + forward on the "
+            "path the server took, at the batch size it formed); HTTP / model only divides by "
+            "the forward alone. CPU per request is the whole run's (warm-up included).",
             table(header, sweep),
             "### Batching policy: per-domain vs mixed vs auto",
             table(policy_header, policy_rows),

@@ -42,13 +42,24 @@ class Settings:
     budget: float = 0.5
     max_batch_size: int = 16
     max_batch_delay_ms: float = 5.0
+    torch_threads: int | None = None  # None: torch's default (one per core)
+
+
+ONE_THREAD = "auto, 1 torch thread"
 
 
 def servers(s: Settings) -> dict[str, dict[str, Any]]:
-    batched = {"max_batch_size": s.max_batch_size, "max_batch_delay_ms": s.max_batch_delay_ms}
+    """Server name -> its flags. The 1-thread variant shows what the client, the event loop
+    and a second OpenMP thread fighting over 2 cores cost."""
+    common = {} if s.torch_threads is None else {"torch_threads": s.torch_threads}
+    batched = common | {
+        "max_batch_size": s.max_batch_size,
+        "max_batch_delay_ms": s.max_batch_delay_ms,
+    }
     return {
-        "batching off": {"batching": "per-domain", "max_batch_size": 1},
+        "batching off": common | {"batching": "per-domain", "max_batch_size": 1},
         "auto": batched | {"batching": "auto"},
+        ONE_THREAD: batched | {"batching": "auto", "torch_threads": 1},
         "per-domain": batched | {"batching": "per-domain"},
         "mixed": batched | {"batching": "mixed"},
     }
@@ -56,7 +67,7 @@ def servers(s: Settings) -> dict[str, dict[str, Any]]:
 
 def plan(name: str, s: Settings) -> list[tuple[str, int]]:
     """(traffic, clients) points each server runs."""
-    if name == "batching off":
+    if name in ("batching off", ONE_THREAD):
         return [("spread", c) for c in s.clients]
     spread = s.clients if name == "auto" else s.policy_clients
     return [("spread", c) for c in spread] + [("one domain", c) for c in s.policy_clients]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.server_bench import ONE_THREAD
 
 SECTIONS = {
     "model": "## Model level",
@@ -57,7 +58,8 @@ def test_model_suite(tmp_path: Path) -> None:
 def test_server_suite(tmp_path: Path) -> None:
     results, _ = run_suite("server", tmp_path)
     points = results["server"]["figures"]["points"]
-    assert {p["server"] for p in points} == {"batching off", "auto", "per-domain", "mixed"}
+    names = {"batching off", "auto", ONE_THREAD, "per-domain", "mixed"}
+    assert {p["server"] for p in points} == names
     assert all(not p["errors"] and p["ok"] > 0 for p in points)
     assert any("http_over_inprocess" in p for p in points)
 
