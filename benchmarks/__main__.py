@@ -36,7 +36,7 @@ def model_settings(quick: bool) -> model_bench.Settings:
 def server_settings(quick: bool) -> server_bench.Settings:
     if quick:
         return server_bench.Settings((1, 4), (4,), 0.5, 0.1, 200, 0.02, shape=TINY)
-    return server_bench.Settings((1, 4, 16, 32, 64), (4, 16, 64), 3.0, 1.0, 5000, 0.5)
+    return server_bench.Settings((1, 4, 16, 64), (4, 16, 64), 3.0, 1.0, 5000, 0.5)
 
 
 def suites(
@@ -44,7 +44,7 @@ def suites(
 ) -> dict[str, list[tuple[str, Callable[[], dict[str, Any]], object]]]:
     """suite -> [(result name, measure, settings)]; settings go into the JSON as they are."""
     m, s = model_settings(quick), replace(server_settings(quick), torch_threads=threads)
-    lever_batches, lever_seconds = ((1,), 0.01) if quick else ((1, 32), 0.6)
+    lever_batches, lever_seconds = ((1,), 0.01) if quick else ((1, 32), 0.4)
     lever_names = LEVERS_QUICK if quick else tuple(levers.LEVERS)
     lever_shape = TINY if quick else HEADLINE
     mem = memory_bench.Settings(16, shape=TINY, domains=2) if quick else memory_bench.Settings(64)

@@ -9,7 +9,8 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +53,18 @@ def time_calls(
             fn()
             series.append(time.perf_counter() - start)
     return [Timing(statistics.median(s), min(s), len(s)) for s in samples]
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` intra-op threads (None: leave the count alone)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _status_kib(field: str, pid: int | str = "self") -> int:

@@ -11,8 +11,7 @@ import copy
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 
 from model_store import MultiDomainResNet, domain_view, prune_to_union
 
-from .common import time_calls
+from .common import time_calls, torch_threads
 from .workloads import HEADLINE, Shape, executed_macs, masked_network
 
 log = logging.getLogger(__name__)
@@ -38,16 +37,6 @@ class OneDomain(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x, 0)
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _eager(m: nn.Module, _: Tensor) -> Runner:
@@ -71,7 +60,7 @@ def _one_thread(m: nn.Module, example: Tensor) -> Runner:
     inner = _inference_mode(m, example)
 
     def run(x: Tensor) -> Tensor:
-        with _threads(1):
+        with torch_threads(1):
             return inner(x)
 
     return run

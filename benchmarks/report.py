@@ -15,7 +15,7 @@ from typing import Any
 
 NOTES = Path(__file__).with_name("notes.md")
 Row = dict[str, Any]
-SWEEP_SERVERS = ("batching off", "auto", "auto, 1 torch thread")
+SWEEP_SERVERS = ("batching off", "auto", "auto, 1 torch thread", "auto, no batch delay")
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:

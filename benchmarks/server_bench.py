@@ -18,7 +18,7 @@ from typing import Any
 
 from model_store import prune_to_union
 
-from .common import cpu_seconds
+from .common import cpu_seconds, torch_threads
 from .inprocess import InProcess
 from .loadgen import Load, batch_counts, run_load
 from .process import Server, serve
@@ -46,11 +46,14 @@ class Settings:
 
 
 ONE_THREAD = "auto, 1 torch thread"
+NO_DELAY = "auto, no batch delay"
+SWEEPS = ("batching off", "auto", ONE_THREAD, NO_DELAY)  # run every client count, spread
 
 
 def servers(s: Settings) -> dict[str, dict[str, Any]]:
     """Server name -> its flags. The 1-thread variant shows what the client, the event loop
-    and a second OpenMP thread fighting over 2 cores cost."""
+    and a second OpenMP thread fighting over 2 cores cost; the no-delay one, what waiting
+    for a batch to fill costs when batches form anyway while the previous one runs."""
     common = {} if s.torch_threads is None else {"torch_threads": s.torch_threads}
     batched = common | {
         "max_batch_size": s.max_batch_size,
@@ -60,6 +63,7 @@ def servers(s: Settings) -> dict[str, dict[str, Any]]:
         "batching off": common | {"batching": "per-domain", "max_batch_size": 1},
         "auto": batched | {"batching": "auto"},
         ONE_THREAD: batched | {"batching": "auto", "torch_threads": 1},
+        NO_DELAY: batched | {"batching": "auto", "max_batch_delay_ms": 0},
         "per-domain": batched | {"batching": "per-domain"},
         "mixed": batched | {"batching": "mixed"},
     }
@@ -67,7 +71,7 @@ def servers(s: Settings) -> dict[str, dict[str, Any]]:
 
 def plan(name: str, s: Settings) -> list[tuple[str, int]]:
     """(traffic, clients) points each server runs."""
-    if name in ("batching off", ONE_THREAD):
+    if name in SWEEPS and name != "auto":
         return [("spread", c) for c in s.clients]
     spread = s.clients if name == "auto" else s.policy_clients
     return [("spread", c) for c in spread] + [("one domain", c) for c in s.policy_clients]
@@ -83,9 +87,10 @@ def measure(s: Settings) -> dict[str, Any]:
         points: list[dict[str, Any]] = []
         for name, flags in servers(s).items():
             with serve(store, MODEL, Path(tmp), **flags) as server:
-                points += _sweep(server, name, plan(name, s), s, image)
+                run = _sweep(server, name, plan(name, s), s, image)
                 if name == "auto":
-                    points.append(_half_load(server, points, s, image))
+                    run.append(_half_load(server, run, s, image))
+                points += [p | {"torch_threads": flags.get("torch_threads")} for p in run]
             log.info("server: %s done", name)
         _add_inprocess(points, InProcess(store, MODEL), image, s.inprocess_seconds)
     return {"points": points, "model": {"shape": s.shape.label, "budget": s.budget}}
@@ -132,10 +137,8 @@ def _batches(delta: dict[str, float], domains: int) -> dict[str, Any]:
 def _half_load(
     server: Server, points: list[dict[str, Any]], s: Settings, image: bytes
 ) -> dict[str, Any]:
-    """Open loop at half the best closed-loop throughput auto reached with spread traffic."""
-    best = max(
-        p["throughput"] for p in points if p["server"] == "auto" and p["traffic"] == "spread"
-    )
+    """Open loop at half the best closed-loop throughput this server reached, spread traffic."""
+    best = max(p["throughput"] for p in points if p["traffic"] == "spread")
     load = _load(s, "spread", max(s.clients), rate=best / 2)
     return _point(server, "auto", "spread, half max rate", load, image)
 
@@ -144,17 +147,18 @@ def _add_inprocess(
     points: list[dict[str, Any]], model: InProcess, image: bytes, seconds: float
 ) -> None:
     """For each point, in-process throughput at the batch it formed and HTTP / in-process."""
-    cache: dict[tuple[int, int], dict[str, float]] = {}
+    cache: dict[tuple[int, int, int | None], dict[str, float]] = {}
     for p in points:
         if not p["mean_batch"]:
             continue
         batch = max(1, round(p["mean_batch"]))
         mixed = p["mixed_share"] and p["mixed_share"] > 0.5
         domains = p["domains"] if mixed else 1
-        key = (batch, domains)
+        key = (batch, domains, p["torch_threads"])
         if key not in cache:
             names = [DOMAINS[i % domains] for i in range(batch)]
-            cache[key] = model.throughput(names, image, seconds)
+            with torch_threads(p["torch_threads"]):
+                cache[key] = model.throughput(names, image, seconds)
         ref = cache[key]
         p["inprocess_images_per_s"] = ref["images_per_s"]
         p["inprocess_model_images_per_s"] = ref["model_images_per_s"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.server_bench import ONE_THREAD
+from benchmarks.server_bench import SWEEPS
 
 SECTIONS = {
     "model": "## Model level",
@@ -58,8 +58,7 @@ def test_model_suite(tmp_path: Path) -> None:
 def test_server_suite(tmp_path: Path) -> None:
     results, _ = run_suite("server", tmp_path)
     points = results["server"]["figures"]["points"]
-    names = {"batching off", "auto", ONE_THREAD, "per-domain", "mixed"}
-    assert {p["server"] for p in points} == names
+    assert {p["server"] for p in points} == {*SWEEPS, "per-domain", "mixed"}
     assert all(not p["errors"] and p["ok"] > 0 for p in points)
     assert any("http_over_inprocess" in p for p in points)
 
