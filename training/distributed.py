@@ -11,6 +11,7 @@ heads and the dual multipliers (a function of the scores) agree bitwise on every
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Iterable
@@ -73,9 +74,7 @@ class Ranks:
         if not self.distributed:
             return model
         ids = [self.local_rank] if self.device.type == "cuda" else None
-        return DistributedDataParallel(
-            _Replicated(model, *others), device_ids=ids, broadcast_buffers=False
-        )
+        return DistributedDataParallel(_Replicated(model, *others), device_ids=ids, **_NO_SYNC)
 
     def average_buffers(self, module: nn.Module) -> None:
         """Average floating buffers (BN running statistics) over ranks so every rank agrees.
@@ -108,6 +107,14 @@ class Ranks:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+# torch 2.13 renamed DDP's broadcast_buffers to forward_sync_buffers (the old name warns)
+_NO_SYNC = {
+    "forward_sync_buffers"
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else "broadcast_buffers": False
+}
 
 
 class _Replicated(nn.Module):
