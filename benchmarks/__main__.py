@@ -27,7 +27,9 @@ LEVERS_QUICK = tuple(k for k in levers.LEVERS if k != "torch.compile")
 
 def model_settings(quick: bool) -> model_bench.Settings:
     if quick:
-        return model_bench.Settings((TINY,), (1, 4), (0.5,), 0.01, warmup=1, min_reps=2)
+        return model_bench.Settings(
+            (TINY,), (1, 4), (0.5,), 0.01, warmup=1, min_reps=2, bundled=(BUNDLED_STORE, "embedded")
+        )
     return model_bench.Settings(
         (HEADLINE, BUNDLED), (1, 8, 32), (0.75, 0.5, 0.25), 0.4, bundled=(BUNDLED_STORE, "embedded")
     )

@@ -168,4 +168,6 @@ def write_result(name: str, settings: dict[str, Any], figures: dict[str, Any], o
 def _jsonable(value: object) -> object:
     if is_dataclass(value) and not isinstance(value, type):
         return asdict(value)
+    if isinstance(value, Path):
+        return str(value.relative_to(ROOT) if value.is_relative_to(ROOT) else value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
