@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--threads", type=int)
     g.add_argument("--precision", choices=PRECISIONS, help="autocast dtype (fp16: loss scaling)")
+    g.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=None,
+        help="several ranks: BN statistics of the global batch instead of each rank's shard",
+    )
     g.add_argument("--seed", type=int)
 
     r = sub.add_parser("report", help="baselines and BAP at several budgets -> results.md + plot")
@@ -112,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         threads=args.threads,
         precision=args.precision,
+        sync_bn=args.sync_bn,
         seed=args.seed,
     )
     run_dir = args.run_dir or Path("runs") / config.name

@@ -63,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    sync_bn: bool = False  # several ranks: BN statistics of the global batch, not each shard
     precision: str = "fp32"  # "bf16" / "fp16": autocast forward and loss (fp16 with loss scaling)
     eval_batch_size: int = 256
     checkpoint_every: int = 200  # steps between resumable checkpoints

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+
+from model_store import DomainBatchNorm
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -75,6 +78,18 @@ class Ranks:
             return model
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return DistributedDataParallel(_Replicated(model, *others), device_ids=ids, **_NO_SYNC)
+
+    def sync_batch_norm(self, model: nn.Module) -> None:
+        """Make every per-domain BN normalise with its global batch's statistics in training.
+
+        torch's SyncBatchNorm conversion does not apply (ours keeps one row per domain), so
+        each DomainBatchNorm becomes a `_SyncDomainBatchNorm` in place: same parameters, same
+        buffers, same state-dict keys, same eval-mode forward.
+        """
+        if self.distributed:
+            for module in model.modules():
+                if type(module) is DomainBatchNorm:
+                    module.__class__ = _SyncDomainBatchNorm
 
     def average_buffers(self, module: nn.Module) -> None:
         """Average floating buffers (BN running statistics) over ranks so every rank agrees.
@@ -129,6 +144,29 @@ class _Replicated(nn.Module):
         return self.model(*args, **kwargs)
 
 
+class _SyncDomainBatchNorm(DomainBatchNorm):
+    """Training-mode BN over the rows of all ranks: per-channel sums, squared sums and the row
+    count are summed over ranks by a differentiable all-reduce (its backward sums the gradients
+    over ranks, as SyncBatchNorm's does), so 1 and N ranks normalise alike."""
+
+    def forward(self, x: Tensor, domain: int) -> Tensor:
+        if not self.training:
+            return super().forward(x, domain)
+        channels = x.shape[1]
+        count = x.new_full((1,), x.numel() / channels)
+        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
+        total = dist_autograd.all_reduce(local, op=dist.ReduceOp.SUM)
+        n = total[-1]
+        mean = total[:channels] / n
+        var = total[channels : 2 * channels] / n - mean * mean  # biased, as BN normalises
+        with torch.no_grad():  # running statistics as F.batch_norm keeps them (unbiased var)
+            self.running_mean[domain].lerp_(mean, self.momentum)
+            self.running_var[domain].lerp_(var * n / (n - 1), self.momentum)
+        scale = self.weight[domain] * torch.rsqrt(var + self.eps)
+        shift = self.bias[domain] - mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """auto: this rank's GPU when CUDA is available, else the CPU."""
     if name not in DEVICES:
@@ -154,7 +192,9 @@ def setup(device: str = "auto") -> Ranks:
     if ranks.distributed and not dist.is_initialized():
         cuda = ranks.device.type == "cuda"
         dist.init_process_group(
-            backend="nccl" if cuda else "gloo", device_id=ranks.device if cuda else None
+            backend="nccl" if cuda else "gloo",
+            device_id=ranks.device if cuda else None,
+            **_this_attempts_store(rank, world),
         )
         log.info(
             "rank=%d of %d local_rank=%d device=%s backend=%s",
@@ -165,6 +205,23 @@ def setup(device: str = "auto") -> Ranks:
             dist.get_backend(),
         )
     return ranks
+
+
+def _this_attempts_store(rank: int, world: int) -> dict:
+    """torchrun's c10d rendezvous shares one TCPStore across restarts without a per-attempt
+    prefix, so a restarted gloo/NCCL group can read the dead workers' addresses and fail to
+    connect (pytorch/pytorch#135712). Give each attempt its own key space in that store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}  # env:// as usual (torchrun hosts a fresh store per attempt, or no torchrun)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {
+        "store": dist.PrefixStore(f"bap/attempt-{attempt}", store),
+        "rank": rank,
+        "world_size": world,
+    }
 
 
 def teardown() -> None:

@@ -11,7 +11,7 @@ Checkpoints every `checkpoint_every` steps make a killed run resume where it sto
 Data parallel (torchrun): every rank draws the same global batch per domain and trains on its
 rows; DDP averages the gradients of what the phase trains (stage 2: the switch scores too), so
 every rank holds the same scores, masks, losses and dual multipliers. Per-domain BN statistics
-are per rank while training and averaged at each checkpoint (see `distributed`).
+are per rank while training and averaged at each checkpoint, or global with `sync_bn`.
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ class Trainer:
             load_backbone(self.model, Path(config.backbone))
         self.model.to(device)
         self.switches.to(device)
+        if config.sync_bn:
+            self.ranks.sync_batch_norm(self.model)
         self.net: torch.nn.Module = self.model  # what a step calls: the model, or its DDP
 
     # ---- checkpoints -------------------------------------------------------------------

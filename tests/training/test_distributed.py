@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from model_store import load_version
 from tests.training.conftest import TINY_DOMAINS, tiny_config
 from training.checkpoint import CHECKPOINT, load_checkpoint
 from training.config import TrainConfig
+from training.evaluate import accuracy
 from training.publish import publish_result
 from training.trainer import train
 
@@ -57,7 +57,11 @@ def bap_config(backbone: Path, **changes) -> TrainConfig:
         backbone=str(backbone),
         pretrain_epochs=0,
         batch_size=64,
-        **{"budget": 0.75, "budget_control": "dual", "score_lr": 0.005, **changes},
+        budget=0.75,
+        budget_control="dual",
+        score_lr=0.02,
+        dual_lr=1.0,
+        **changes,
     )
 
 
@@ -142,65 +146,75 @@ def worker(torchrun_pid: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} worker under torchrun pid {torchrun_pid}")
 
 
-def final_masks(run_dir: Path) -> list[torch.Tensor]:
-    found = load_checkpoint(run_dir)
-    assert found is not None and found[1]["phase"] == "done"
-    scores = found[0]["switches"]
-    return [scores[f"scores.{i}"] > 0 for i in range(len(scores))]
+def train_both(config: TrainConfig, tmp_path: Path) -> tuple[Path, Path]:
+    """The same config, seed and global batch on 1 process and on 2 torchrun ranks; both
+    publish. Returns the two folders (run/ and store/ in each)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    publish_result(config, train(config, one / "run", progress=False), one / "store")
+    out = run([*TORCHRUN, *train_args(write_config(config, two), two)], tmp_path / "two.log")
+    assert "rank=1 of 2" in out and "backend=gloo" in out
+    return one, two
+
+
+def trained(folder: Path) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """Final switch masks and the masked network's test accuracy, from the last checkpoint
+    (before export, whose budget guarantee may switch more filters off)."""
+    result = train(TrainConfig(), folder / "run", resume=True, progress=False)  # phase done
+    masks = [s > 0 for s in result.scores]
+    return masks, {d.name: accuracy(result.model, d, 256) for d in result.data}
 
 
 def test_two_ranks_match_one(backbone: Path, tmp_path: Path) -> None:
-    """Same config, seed and global batch on 1 and 2 ranks: the same masks and accuracies.
+    """Per-rank BatchNorm (the default): the same masks and accuracies, up to a tolerance.
 
-    Not bitwise: with 2 ranks each BatchNorm normalises with the statistics of its own 32
-    images instead of all 64 (DDP has no SyncBatchNorm for our per-domain BN), so the
-    activations, the gradients and hence the trajectory differ slightly, and the running
-    variances averaged over ranks leave out the spread between the shard means. With 32
-    images a shard that changes a few switches near zero and a few test images (48 per domain;
-    one image is 2 points): we allow 5% of the masks and 10 points of accuracy. That nothing
-    else differs is shown exactly by `test_sharding_is_exact_when_bn_is_shard_independent`.
+    Not bitwise, because with 2 ranks each BN normalises with the statistics of its own 32
+    images of a domain instead of all 64 (the batch statistics are part of the forward pass,
+    and DDP only averages gradients), so activations, gradients and the trajectory differ
+    slightly; the running variances, averaged over ranks at each checkpoint, also leave out the
+    spread between the two shard means. Measured on this config over seeds 0-2: 98.7-99.4% of
+    the switches agree and the trained networks' accuracies differ by at most one test image
+    (48 per domain, 2.1 points). We allow 95% and 5 points. The published accuracies move more:
+    the export's budget guarantee switches off the lowest-score filters, and near-tied scores
+    may swap (0-6 points at seed 0 here, tens of points at other seeds of this tiny, fragile
+    network), so they get 10 points. That nothing but BN statistics differs is shown exactly by
+    `test_sync_bn_two_ranks_equal_one`.
     """
     config = bap_config(backbone)
-    one = tmp_path / "one"
-    publish_result(config, train(config, one / "run", progress=False), one / "store")
-    two = tmp_path / "two"
-    out = run([*TORCHRUN, *train_args(write_config(config, two), two)], tmp_path / "two.log")
-    assert "rank=1 of 2" in out and "backend=gloo" in out
-
+    one, two = train_both(config, tmp_path)
     manifest_one, _ = load_version(one / "store", config.name)
     manifest_two, model_two = load_version(two / "store", config.name)  # a valid version
-    masks_one, masks_two = final_masks(one / "run"), final_masks(two / "run")
+    (masks_one, acc_one), (masks_two, acc_two) = trained(one), trained(two)
     agree = sum(int((a == b).sum()) for a, b in zip(masks_one, masks_two, strict=True))
     assert agree / sum(m.numel() for m in masks_one) >= 0.95
+    assert not all(bool(m.all()) for m in masks_one)  # training itself switched filters off
     for name, figures in manifest_one.domains.items():
+        assert abs(acc_one[name] - acc_two[name]) <= 0.05, name
         theirs = manifest_two.domains[name]
         assert abs(figures.accuracy - theirs.accuracy) <= 0.10, name
-        assert abs(figures.cost_fraction - theirs.cost_fraction) <= 0.02, name
+        assert abs(figures.cost_fraction - theirs.cost_fraction) <= 0.01, name
         assert theirs.cost_fraction <= config.budget
     with torch.no_grad():
         assert model_two(torch.randn(2, 3, 16, 16), 0).shape == (2, 3)
 
 
-def test_sharding_is_exact_when_bn_is_shard_independent(backbone: Path, tmp_path: Path) -> None:
-    """With BatchNorm on its running statistics (identical on every rank), nothing depends on
-    how the batch is split: 2 ranks give 1 rank's scores and weights up to float summation
-    order, the same masks, and the two ranks agree bitwise. This pins the sharding, the
-    augmentation, the loss weighting, the gradient averaging (switch scores included) and the
-    dual multipliers."""
-    config = write_config(bap_config(backbone, epochs=4, score_lr=0.05, dual_lr=2.0), tmp_path)
-    probe = ["-m", "tests.training.ddp_probe", str(config), str(tmp_path)]
-    run([sys.executable, *probe], tmp_path / "one.log")
-    run([*TORCHRUN, *probe], tmp_path / "two.log")
-    one, rank0, rank1 = (
-        load_file(str(tmp_path / f"world{w}-rank{r}.safetensors"))
-        for w, r in ((1, 0), (2, 0), (2, 1))
-    )
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
-    assert any(not bool((v > 0).all()) for k, v in one.items() if k.startswith("scores."))
-    for key, value in one.items():
-        torch.testing.assert_close(rank0[key], value, rtol=0, atol=1e-5, msg=key)
-        if key.startswith("scores."):
-            assert torch.equal(rank0[key] > 0, value > 0), key
+def test_sync_bn_two_ranks_equal_one(backbone: Path, tmp_path: Path) -> None:
+    """With sync_bn every BN normalises with the global batch's statistics, so nothing depends
+    on how the batch is cut into shards: 2 ranks end with 1 rank's scores up to float summation
+    order, the same masks, and the same published accuracies and costs. This pins the
+    sharding, the augmentation, the loss weighting, the gradient averaging (switch scores
+    included) and the dual multipliers. The 2 ranks themselves agree bitwise: every checkpoint
+    checks it (`Ranks.check_in_sync`) and the run would have failed otherwise."""
+    config = bap_config(backbone, sync_bn=True)
+    one, two = train_both(config, tmp_path)
+    scores = [load_checkpoint(f / "run")[0]["switches"] for f in (one, two)]  # type: ignore[index]
+    for key, value in scores[0].items():
+        torch.testing.assert_close(scores[1][key], value, rtol=0, atol=1e-5, msg=key)
+        assert torch.equal(scores[1][key] > 0, value > 0), key
+    manifest_one, _ = load_version(one / "store", config.name)
+    manifest_two, _ = load_version(two / "store", config.name)
+    for name, figures in manifest_one.domains.items():
+        assert figures.accuracy == manifest_two.domains[name].accuracy, name
+        assert figures.cost_fraction == manifest_two.domains[name].cost_fraction, name
 
 
 def test_killed_worker_restarts_from_the_checkpoint(backbone: Path, tmp_path: Path) -> None:
