@@ -153,8 +153,9 @@ class _SyncDomainBatchNorm(DomainBatchNorm):
         if not self.training:
             return super().forward(x, domain)
         channels = x.shape[1]
-        count = x.new_full((1,), x.numel() / channels)
-        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
+        count = x.new_full((1,), x.numel() / channels, dtype=torch.float32)
+        xf = x.float()  # statistics in fp32 also under autocast
+        local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
         total = dist_autograd.all_reduce(local, op=dist.ReduceOp.SUM)
         n = total[-1]
         mean = total[:channels] / n

@@ -101,6 +101,11 @@ class Trainer:
         self.config, self.run_dir, self.data = config, run_dir, data
         self.ranks = ranks or distributed.Ranks()
         self.progress = progress and self.ranks.main
+        if min(config.batch_size, *(len(d.train) for d in data)) < self.ranks.world:
+            raise ValueError(
+                f"{self.ranks.world} ranks each take rows of every batch: give batch_size (and "
+                f"every domain's training images) >= {self.ranks.world}, or use fewer ranks"
+            )
         torch.manual_seed(config.seed)
         spec = ModelSpec(
             domains=tuple(d.domain_spec() for d in data), width=config.width, input_size=config.crop
