@@ -208,7 +208,7 @@ def setup(device: str = "auto") -> Ranks:
     return ranks
 
 
-def _this_attempts_store(rank: int, world: int) -> dict:
+def _this_attempts_store(rank: int, world: int) -> dict[str, object]:
     """torchrun's c10d rendezvous shares one TCPStore across restarts without a per-attempt
     prefix, so a restarted gloo/NCCL group can read the dead workers' addresses and fail to
     connect (pytorch/pytorch#135712). Give each attempt its own key space in that store."""

@@ -181,8 +181,8 @@ class Trainer:
     def pretrain_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
         loss = torch.zeros((), device=self.ranks.device)
         for d in range(len(self.data)):
-            x, y, share = self.batch(d)
-            loss = loss + share * F.cross_entropy(self.net(x, d), y)
+            x, y, weight = self.batch(d)
+            loss = loss + weight * F.cross_entropy(self.net(x, d), y)
         return loss, {"ce": loss.item()}
 
     def bap_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
@@ -190,9 +190,9 @@ class Trainer:
         all_masks = self.switches.all_masks()
         ce, fractions = torch.zeros((), device=self.ranks.device), []
         for d in range(len(self.data)):
-            x, y, share = self.batch(d)
+            x, y, weight = self.batch(d)
             masks = [m[d] for m in all_masks]
-            ce = ce + share * F.cross_entropy(self.net(x, d, masks), y)
+            ce = ce + weight * F.cross_entropy(self.net(x, d, masks), y)
             fractions.append(self.terms.domain(d, masks))
         union = self.terms.shared(union_masks(all_masks))
         if cfg.budget_control == "dual":
