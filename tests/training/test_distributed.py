@@ -24,10 +24,13 @@ from safetensors import safe_open
 
 from model_store import load_version
 from tests.training.conftest import TINY_DOMAINS, tiny_config
+from training import distributed
 from training.checkpoint import CHECKPOINT, load_checkpoint
 from training.config import TrainConfig
+from training.data import train_batch
 from training.evaluate import accuracy
 from training.publish import publish_result
+from training.sources import load_domain
 from training.trainer import train
 
 pytestmark = pytest.mark.skipif(
@@ -249,3 +252,38 @@ def test_two_rank_checkpoint_resumes_on_one_rank(backbone: Path, tmp_path: Path)
     assert "rank=" not in out  # one plain process, no process group
     manifest, _ = load_version(tmp_path / "store", json.loads(config.read_text())["name"])
     assert all(d.cost_fraction <= manifest.budget for d in manifest.domains.values())
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_rank_slices_rebuild_the_single_process_batch(world: int) -> None:
+    """Each rank's rows, augmented with the global draws, are exactly the single-process rows,
+    and the loss weights make the average of the shard means the global mean."""
+    data = load_domain(TINY_DOMAINS[0], 18, 16)
+    pre = data.domain_spec().preprocess
+    idx = torch.randperm(len(data.train))[:30]
+    whole, targets = train_batch(data, pre, idx, torch.Generator().manual_seed(5))
+    ranks = [distributed.Ranks(r, world) for r in range(world)]
+    parts = [
+        train_batch(data, pre, idx, torch.Generator().manual_seed(5), r.rows(30)) for r in ranks
+    ]
+    assert torch.equal(torch.cat([x for x, _ in parts]), whole)
+    assert torch.equal(torch.cat([y for _, y in parts]), targets)
+    losses = torch.rand(30)
+    shard_means = [losses[r.rows(30)].mean() * r.shard_weight(30) for r in ranks]
+    torch.testing.assert_close(sum(shard_means) / world, losses.mean())
+
+
+def test_restart_resumes_only_its_own_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted worker resumes the folder only when this launch's id is recorded in it."""
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-a")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    distributed.mark_launch(tmp_path)
+    assert not distributed.restarted_launch(tmp_path)  # a first attempt never auto-resumes
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert distributed.restarted_launch(tmp_path)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-b")  # an older run's folder
+    assert not distributed.restarted_launch(tmp_path)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default: not unique
+    assert not distributed.restarted_launch(tmp_path)
