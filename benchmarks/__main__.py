@@ -38,7 +38,7 @@ def model_settings(quick: bool) -> model_bench.Settings:
 def server_settings(quick: bool) -> server_bench.Settings:
     if quick:
         return server_bench.Settings((1, 4), (4,), 0.5, 0.1, 200, 0.02, shape=TINY)
-    return server_bench.Settings((1, 4, 16, 64), (4, 16, 64), 3.0, 1.0, 5000, 0.5)
+    return server_bench.Settings((1, 4, 16, 64), (4, 16, 64), 3.0, 1.0, 5000, 0.3)
 
 
 def suites(

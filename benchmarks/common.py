@@ -40,18 +40,23 @@ def time_calls(
     round) until `budget_s` is spent and every one ran `min_reps` times.
 
     Interleaving is what makes ratios trustworthy on a shared machine: a burst of someone
-    else's load slows every case of a round alike instead of one case's whole series.
+    else's load slows every case of a round alike instead of one case's whole series. On a
+    machine so busy that rounds crawl, timing stops at 3 x `budget_s` (after one round at
+    least), so the run stays bounded; `reps` in the result says how many rounds there were.
     """
     for fn in fns:
         for _ in range(warmup):
             fn()
     samples: list[list[float]] = [[] for _ in fns]
-    stop = time.perf_counter() + budget_s
-    while len(samples[0]) < min_reps or time.perf_counter() < stop:
+    start = time.perf_counter()
+    while True:
         for fn, series in zip(fns, samples, strict=True):
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             fn()
-            series.append(time.perf_counter() - start)
+            series.append(time.perf_counter() - t0)
+        elapsed, reps = time.perf_counter() - start, len(samples[0])
+        if (reps >= min_reps and elapsed >= budget_s) or elapsed >= 3 * budget_s:
+            break
     return [Timing(statistics.median(s), min(s), len(s)) for s in samples]
 
 

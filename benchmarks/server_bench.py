@@ -10,6 +10,7 @@ at half the maximum throughput for the p99/p50 target. Batch sizes come from the
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -146,12 +147,13 @@ def _half_load(
 def _add_inprocess(
     points: list[dict[str, Any]], model: InProcess, image: bytes, seconds: float
 ) -> None:
-    """For each point, in-process throughput at the batch it formed and HTTP / in-process."""
+    """For each point, in-process throughput at the batch it formed (to the nearest power of
+    two, which bounds how many sizes are timed) and HTTP / in-process."""
     cache: dict[tuple[int, int, int | None], dict[str, float]] = {}
     for p in points:
         if not p["mean_batch"]:
             continue
-        batch = max(1, round(p["mean_batch"]))
+        batch = 2 ** round(math.log2(max(1.0, p["mean_batch"])))  # fewer sizes to time
         mixed = p["mixed_share"] and p["mixed_share"] > 0.5
         domains = p["domains"] if mixed else 1
         key = (batch, domains, p["torch_threads"])
@@ -160,6 +162,7 @@ def _add_inprocess(
             with torch_threads(p["torch_threads"]):
                 cache[key] = model.throughput(names, image, seconds)
         ref = cache[key]
+        p["inprocess_batch"] = batch
         p["inprocess_images_per_s"] = ref["images_per_s"]
         p["inprocess_model_images_per_s"] = ref["model_images_per_s"]
         p["http_over_inprocess"] = p["throughput"] / ref["images_per_s"]
