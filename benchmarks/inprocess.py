@@ -7,6 +7,8 @@ by this is the server's overhead ratio at the batch size it formed.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,4 +52,14 @@ class InProcess:
             "batch": n,
             "images_per_s": n / with_decode.median,
             "model_images_per_s": n / model_only.median,
+            "cpu_ms_per_image": _cpu_seconds_per_call(full) / n * 1e3,
         }
+
+
+def _cpu_seconds_per_call(fn: Callable[[], None], calls: int = 3) -> float:
+    """CPU time (all threads of this process) per call: unlike wall time, it barely moves when
+    other processes take the cores, so CPU ratios hold on a busy machine."""
+    started = time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - started) / calls

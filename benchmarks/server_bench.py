@@ -167,3 +167,5 @@ def _add_inprocess(
         p["inprocess_model_images_per_s"] = ref["model_images_per_s"]
         p["http_over_inprocess"] = p["throughput"] / ref["images_per_s"]
         p["http_over_model"] = p["throughput"] / ref["model_images_per_s"]
+        p["inprocess_cpu_ms_per_image"] = ref["cpu_ms_per_image"]
+        p["cpu_inprocess_over_server"] = ref["cpu_ms_per_image"] / p["server_cpu_ms_per_request"]
