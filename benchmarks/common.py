@@ -26,11 +26,13 @@ DOC = ROOT / "docs" / "benchmarks.md"
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per call: the median is the figure; min and reps say how stable it was."""
+    """Seconds per call: the median is the figure; min and reps say how stable it was.
+    `cpu` is the median CPU time per call (all threads): waiting for a core is not in it."""
 
     median: float
     min: float
     reps: int
+    cpu: float
 
 
 def time_calls(
@@ -48,16 +50,21 @@ def time_calls(
         for _ in range(warmup):
             fn()
     samples: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
     while True:
-        for fn, series in zip(fns, samples, strict=True):
-            t0 = time.perf_counter()
+        for fn, series, cpu_series in zip(fns, samples, cpu, strict=True):
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             series.append(time.perf_counter() - t0)
+            cpu_series.append(time.process_time() - c0)
         elapsed, reps = time.perf_counter() - start, len(samples[0])
         if (reps >= min_reps and elapsed >= budget_s) or elapsed >= 3 * budget_s:
             break
-    return [Timing(statistics.median(s), min(s), len(s)) for s in samples]
+    return [
+        Timing(statistics.median(s), min(s), len(s), statistics.median(c))
+        for s, c in zip(samples, cpu, strict=True)
+    ]
 
 
 @contextmanager

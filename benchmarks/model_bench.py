@@ -161,15 +161,16 @@ def measure(settings: Settings) -> dict[str, Any]:
                     settings.warmup,
                     settings.min_reps,
                 )
-                base = timings[0].median
                 for case, timing in zip(shape_cases, timings, strict=True):
-                    rows.append(_row(label, batch, case, timing, base, shape_cases[0].macs, x))
+                    rows.append(
+                        _row(label, batch, case, timing, timings[0], shape_cases[0].macs, x)
+                    )
                 log.info("model: %s batch %d done", label, batch)
     return {"rows": rows}
 
 
 def _row(
-    label: str, batch: int, case: Case, timing: Timing, base: float, base_macs: float, x: Tensor
+    label: str, batch: int, case: Case, timing: Timing, base: Timing, base_macs: float, x: Tensor
 ) -> dict[str, Any]:
     return {
         "shape": label,
@@ -185,6 +186,8 @@ def _row(
         "images_per_s": batch / timing.median,
         "gmacs_per_image": case.macs / 1e9,
         "macs_ratio": base_macs / case.macs,
-        "speedup": base / timing.median,
+        "speedup": base.median / timing.median,
+        "cpu_ms": timing.cpu * 1e3,
+        "cpu_speedup": base.cpu / timing.cpu,
         "peak_mib": peak_rss_delta(lambda: case.run(x)) / 2**20,
     }
