@@ -14,10 +14,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .server_bench import SWEEPS
+
 FINDINGS = Path(__file__).with_name("findings.md")
 METHOD = Path(__file__).with_name("method.md")
 Row = dict[str, Any]
-SWEEP_SERVERS = ("batching off", "auto", "auto, 1 torch thread", "auto, no batch delay")
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
@@ -149,7 +150,7 @@ def server_section(result: dict[str, Any]) -> str:
             p["server_cpu_ms_per_request"],
             p["client_cpu_ms_per_request"],
         ]
-        for name in SWEEP_SERVERS
+        for name in SWEEPS
         for p in _by(points, name, "spread").values()
     ]
     header = [
