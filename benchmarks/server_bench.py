@@ -153,18 +153,17 @@ def _add_inprocess(
 ) -> None:
     """For each point, in-process throughput at the batch it formed (to the nearest power of
     two, which bounds how many sizes are timed) and HTTP / in-process."""
-    cache: dict[tuple[int, int, int | None], dict[str, float]] = {}
+    cache: dict[tuple[int, int, bool, int | None], dict[str, float]] = {}
     for p in points:
         if not p["mean_batch"]:
             continue
         batch = 2 ** round(math.log2(max(1.0, p["mean_batch"])))  # fewer sizes to time
-        mixed = p["mixed_share"] and p["mixed_share"] > 0.5
-        domains = p["domains"] if mixed else 1
-        key = (batch, domains, p["torch_threads"])
+        mixed = bool(p["mixed_share"] and p["mixed_share"] > 0.5)
+        key = (batch, p["domains"], mixed, p["torch_threads"])
         if key not in cache:
-            names = [DOMAINS[i % domains] for i in range(batch)]
+            names = [DOMAINS[i % p["domains"]] for i in range(batch)]
             with torch_threads(p["torch_threads"]):
-                cache[key] = model.throughput(names, image, seconds)
+                cache[key] = model.throughput(names, mixed, image, seconds)
         ref = cache[key]
         p["inprocess_batch"] = batch
         p["inprocess_images_per_s"] = ref["images_per_s"]
