@@ -23,7 +23,7 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """conv3x3 -> BN -> mask -> ReLU -> conv3x3 -> BN, plus the shortcut, then ReLU.
+    """conv3x3 -> BN -> ReLU -> mask -> conv3x3 -> BN, plus the shortcut, then ReLU.
 
     With no kept filter (mid_channels == 0) the residual branch is the constant that BN2 makes
     of an all-zero input, exactly what the masked network computes when every filter is off.
@@ -43,8 +43,11 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor, route: Route, index: int) -> Tensor:
         shortcut = downsample_shortcut(x, self.stride, self.out_channels)
         if self.has_filters:
-            h = route.norm(self.bn1, self.conv1(x)) * route.mask(index, self.masks)
-            h = self.conv2(F.relu(h))
+            # relu(bn(.)) * m equals relu(bn(.) * m) for a 0/1 mask, but its gradient with respect
+            # to m is relu(bn(.)), not 0, at m = 0: a switched-off filter still learns whether
+            # it should come back on (masking before the ReLU kills that gradient).
+            h = F.relu(route.norm(self.bn1, self.conv1(x))) * route.mask(index, self.masks)
+            h = self.conv2(h)
         else:
             size = shortcut.shape[-2:]
             h = x.new_zeros(x.shape[0], self.out_channels, *size)

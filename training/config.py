@@ -48,6 +48,7 @@ class TrainConfig:
     score_momentum: float = 0.9  # lower damps the hinge's overshoot below the budget
     score_init: float = 0.01  # every switch starts on, just above the threshold
     score_init_from_bn: bool = True  # spread starts by each filter's BN scale (see Switches)
+    penalise_active_only: bool = True  # cost gradients reach only switches that are on
     ste_clip: float = 1.0  # straight-through gradient zeroed where |score| > clip (0: never)
     budget_control: str = (
         "dual"  # "dual": Lagrange multipliers by dual ascent; "hinge": fixed weights

@@ -188,13 +188,13 @@ class Trainer:
     def bap_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
         all_masks = self.switches.all_masks()
+        cost_masks = self.switches.all_masks(active_only=cfg.penalise_active_only)
         ce, fractions = torch.zeros((), device=self.ranks.device), []
         for d in range(len(self.data)):
             x, y, weight = self.batch(d)
-            masks = [m[d] for m in all_masks]
-            ce = ce + weight * F.cross_entropy(self.net(x, d, masks), y)
-            fractions.append(self.terms.domain(d, masks))
-        union = self.terms.shared(union_masks(all_masks))
+            ce = ce + weight * F.cross_entropy(self.net(x, d, [m[d] for m in all_masks]), y)
+            fractions.append(self.terms.domain(d, [m[d] for m in cost_masks]))
+        union = self.terms.shared(union_masks(cost_masks))
         if cfg.budget_control == "dual":
             dual_union = union if cfg.sharing == "union" else None
             constraints = self.duals.penalty(fractions, dual_union)
@@ -202,7 +202,7 @@ class Trainer:
             constraints = cfg.budget_weight * budget_loss(fractions, cfg.budget)
         if cfg.budget_control == "hinge" or cfg.sharing not in ("union", "none"):
             warm = min(1.0, step / max(1.0, cfg.sharing_warmup * total))
-            share = sharing_loss(cfg.sharing, self.terms, all_masks, cfg.budget)
+            share = sharing_loss(cfg.sharing, self.terms, cost_masks, cfg.budget)
             constraints = constraints + warm * cfg.sharing_weight * share
         costs = [f.item() for f in fractions]  # the same on every rank: the same scores
         self.duals.update(costs, union.item() if cfg.sharing == "union" else None)
