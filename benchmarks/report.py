@@ -148,6 +148,8 @@ def server_section(result: dict[str, Any]) -> str:
             p.get("http_over_inprocess"),
             p.get("http_over_model"),
             p["server_cpu_ms_per_request"],
+            p.get("inprocess_cpu_ms_per_image"),
+            p.get("cpu_inprocess_over_server"),
             p["client_cpu_ms_per_request"],
         ]
         for name in SWEEPS
@@ -165,6 +167,8 @@ def server_section(result: dict[str, Any]) -> str:
         "HTTP / in-process",
         "HTTP / model only",
         "server CPU ms / req",
+        "in-process CPU ms / img",
+        "CPU in-process / server",
         "client CPU ms / req",
     ]
     policy_rows = []
