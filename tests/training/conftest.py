@@ -44,11 +44,10 @@ def tiny_config(**changes) -> TrainConfig:
         pretrain_epochs=8,
         epochs=8,
         batch_size=16,
-        budget_control="hinge",
-        score_lr=0.02,
+        budget_control="dual",
+        dual_lr=1.0,
+        score_lr=0.1,
         score_momentum=0.0,
-        budget_weight=2.0,
-        sharing_weight=2.0,
         checkpoint_every=2,
     )
     return base.override(**changes)
