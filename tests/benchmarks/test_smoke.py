@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import threads_probe
 from benchmarks.__main__ import main
 from benchmarks.server_bench import SWEEPS
 
@@ -69,3 +70,9 @@ def test_memory_suite(tmp_path: Path) -> None:
     figures = results["memory"]["figures"]
     assert len(figures["single_servers"]) == figures["domains"]
     assert figures["one_server"]["rss"] > 0
+
+
+def test_threads_probe_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    threads_probe.main(["1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| threads") and len(lines) == 5
