@@ -65,6 +65,7 @@ def set_current(store: Path, name: str, version: str) -> None:
         raise ArtifactError(f"{root / version}: no such version")
     fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=root)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a server may run as another user
         with os.fdopen(fd, "w") as fh:
             fh.write(version + "\n")
             fh.flush()
@@ -83,6 +84,7 @@ def publish_version(
     root = Path(store) / _check_name("model name", manifest.name)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
     try:
         while True:
             existing = list_versions(store, manifest.name)

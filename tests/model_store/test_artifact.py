@@ -171,3 +171,12 @@ def test_missing_store_says_how_to_fix(tmp_path: Path) -> None:
         version_path(tmp_path, "nothing")
     with pytest.raises(ValueError, match="must be"):
         version_path(tmp_path, "../etc")
+
+
+def test_published_files_are_readable_by_other_users(published) -> None:
+    """A server may run as another user than the trainer (e.g. a container reading a volume)."""
+    store, _, version = published
+    folder = store / "tiny" / version
+    assert folder.stat().st_mode & 0o005 == 0o005
+    assert (store / "tiny" / "CURRENT").stat().st_mode & 0o004
+    assert all(p.stat().st_mode & 0o004 for p in folder.iterdir())
