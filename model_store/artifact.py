@@ -94,6 +94,8 @@ def sha256_file(path: Path) -> str:
 
 
 def _fsync(path: Path) -> None:
+    """Flush to disk, and make the file world-readable (safetensors writes it owner-only)."""
+    path.chmod(0o644)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
