@@ -92,11 +92,6 @@ def cost_fraction(
     return domain_cost(spec, unit, domain, masks, costs) / baseline_cost(spec, unit, domain)
 
 
-def stored_masks(spec: ModelSpec, masks: Sequence[Tensor], domain: int) -> list[Tensor]:
-    """One domain's row of each block's (domains, filters) mask, as float vectors."""
-    return [(m[domain] > 0).to(torch.float64) for m in masks]
-
-
 def model_parameters(spec: ModelSpec) -> int:
     """Parameters the network stores: shared convs once, every domain's BNs and head."""
     blocks = spec.blocks()

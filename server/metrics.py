@@ -59,13 +59,20 @@ class ModelCollector(Collector):
         for scope, key in PARAMETER_SCOPES.items():
             if (value := m.totals.get(key)) is not None:
                 model.add_metric([scope], value)
+        baseline = GaugeMetricFamily(
+            "bap_model_macs",
+            "Multiply-accumulates per image of one single-domain ResNet-26 (the budget's base)",
+            labels=["scope"],
+        )
+        if (value := m.totals.get("baseline_macs")) is not None:
+            baseline.add_metric(["single_domain"], value)
         info = GaugeMetricFamily(
             "bap_model_info", "The served version (value 1)", labels=["name", "version", "budget"]
         )
         info.add_metric([m.name, m.version, f"{m.budget:g}"], 1)
         load = GaugeMetricFamily("bap_model_load_seconds", "Load + verify + warm-up time")
         load.add_metric([], served.load_seconds)
-        yield from (params, macs, model, info, load)
+        yield from (params, macs, model, baseline, info, load)
 
 
 class Metrics:

@@ -53,10 +53,6 @@ class Switches(nn.Module):
             nn.Parameter(torch.full((num_domains, n), float(init))) for n in filters_per_block
         )
 
-    def masks(self, domain: int) -> list[Tensor]:
-        """One domain's binary masks, differentiable by straight-through."""
-        return [binary_step(s[domain], self.clip) for s in self.scores]
-
     def all_masks(self, active_only: bool = False) -> list[Tensor]:
         """Every domain's masks, (domains, filters) per block, differentiable."""
         return [binary_step(s, self.clip, active_only) for s in self.scores]

@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from model_store import (
     DomainMetrics,
     Manifest,
+    baseline_cost,
     build_model,
     independent_parameters,
     model_parameters,
@@ -165,6 +166,7 @@ def publish(store: Path, seed: int) -> str:
             "parameters": model_parameters(spec),
             "single_domain_parameters": single_domain_parameters(spec),
             "independent_parameters": independent_parameters(spec),
+            "baseline_macs": baseline_cost(spec, "macs", 0),
         },
     )
     return publish_version(store, model, manifest)

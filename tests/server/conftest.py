@@ -53,6 +53,7 @@ def publish_random(store: Path, seed: int) -> str:
         totals={
             "parameters": 1234.0,
             "single_domain_parameters": 2000.0,
+            "baseline_macs": 9000.0,
             "independent_parameters": 6000.0,
         },
     )
