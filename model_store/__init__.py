@@ -17,6 +17,7 @@ from .cost import (
     filter_costs,
     independent_parameters,
     model_parameters,
+    shared_fraction,
     single_domain_parameters,
 )
 from .layers import DomainBatchNorm
@@ -88,6 +89,7 @@ __all__ = [
     "resize_shorter",
     "resnet26_decathlon",
     "set_current",
+    "shared_fraction",
     "sha256_file",
     "single_domain_parameters",
     "slice_network",

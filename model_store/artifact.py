@@ -93,7 +93,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def _seal(path: Path) -> None:
     """Flush to disk, and make the file world-readable (safetensors writes it owner-only)."""
     path.chmod(0o644)
     fd = os.open(path, os.O_RDONLY)
@@ -111,11 +111,11 @@ def write_artifact(folder: Path, model: MultiDomainResNet, manifest: Manifest) -
     # safetensors refuses shared or strided storage: store one contiguous copy of each tensor.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     save_file(tensors, str(weights), metadata={"format": "pt", "bap_format": str(FORMAT_VERSION)})
-    _fsync(weights)
+    _seal(weights)
     manifest.files = {WEIGHTS: {"sha256": sha256_file(weights), "bytes": weights.stat().st_size}}
     path = folder / MANIFEST
     path.write_text(manifest.to_json())
-    _fsync(path)
+    _seal(path)
     return manifest
 
 

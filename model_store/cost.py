@@ -92,6 +92,15 @@ def cost_fraction(
     return domain_cost(spec, unit, domain, masks, costs) / baseline_cost(spec, unit, domain)
 
 
+def shared_fraction(
+    spec: ModelSpec, unit: str, masks: Sequence[Tensor], costs: Sequence[Tensor] | None = None
+) -> Tensor:
+    """Cost fraction of one mask for the whole model (the union of the domains' filters, say),
+    averaged over the domains' heads so that it compares with the budget."""
+    n = len(spec.domains)
+    return sum(cost_fraction(spec, unit, d, masks, costs) for d in range(n)) / n
+
+
 def model_parameters(spec: ModelSpec) -> int:
     """Parameters the network stores: shared convs once, every domain's BNs and head."""
     blocks = spec.blocks()

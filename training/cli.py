@@ -12,7 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from model_store import ArtifactError, load_version, single_domain_parameters, version_path
+from model_store import (
+    ArtifactError,
+    load_version,
+    read_artifact,
+    single_domain_parameters,
+    version_path,
+)
 
 from . import distributed
 from .config import PRECISIONS, TrainConfig
@@ -168,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     folder = version_path(args.store, _name(args), args.version)
-    manifest, model = load_version(args.store, _name(args), args.version)
+    manifest, model = read_artifact(folder)
     spec = manifest.spec
     if args.json:
         _print(manifest.to_json())

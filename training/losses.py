@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from model_store import ModelSpec, cost_fraction
+from model_store import ModelSpec, cost_fraction, shared_fraction
 
 
 def union_masks(masks: Sequence[Tensor]) -> list[Tensor]:
@@ -37,10 +37,8 @@ class CostTerms:
         return cost_fraction(self.spec, self.unit, domain, masks, self.costs)
 
     def shared(self, masks: Sequence[Tensor]) -> Tensor:
-        """Cost fraction of a model-wide mask (union or intersection), averaged over domains'
-        heads so that it is comparable with the budget."""
-        n = len(self.spec.domains)
-        return sum(self.domain(d, masks) for d in range(n)) / n
+        """Cost fraction of a model-wide mask (union or intersection)."""
+        return shared_fraction(self.spec, self.unit, masks, self.costs)
 
 
 def budget_loss(fractions: Sequence[Tensor], budget: float) -> Tensor:

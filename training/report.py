@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from model_store import MultiDomainResNet, cost_fraction, model_parameters, slice_network
+from model_store import MultiDomainResNet, model_parameters, shared_fraction, slice_network
 
 from .config import TrainConfig
 from .data import DomainData
@@ -51,9 +51,8 @@ class Row:
 
 def union_fraction(model: MultiDomainResNet, unit: str) -> float:
     """Cost fraction (averaged over domains' heads) of every filter the network holds."""
-    spec, n = model.spec, len(model.spec.domains)
-    ones = [torch.ones(b.mid_channels, dtype=torch.float64) for b in spec.blocks()]
-    return sum(float(cost_fraction(spec, unit, d, ones)) for d in range(n)) / n
+    ones = [torch.ones(b.mid_channels, dtype=torch.float64) for b in model.spec.blocks()]
+    return float(shared_fraction(model.spec, unit, ones))
 
 
 def _row(
