@@ -58,6 +58,10 @@ class TrainConfig:
     sharing: str = "union"
     sharing_weight: float = 5.0
     sharing_warmup: float = 0.3  # fraction of stage-2 steps over which sharing_weight ramps up
+    # recovery: masks final; BN affines and heads fine-tune, then BN statistics are re-estimated
+    recovery_epochs: float = 0.5
+    recovery_lr: float = 0.01
+    bn_recalibration_batches: int = 50  # per domain; 0 keeps the statistics training left
     # optimisation
     batch_size: int = 128
     momentum: float = 0.9
@@ -91,6 +95,10 @@ class TrainConfig:
             problems.append("every domain entry needs 'source' and 'name'")
         if self.pretrain_epochs < 0 or self.epochs < 0 or self.batch_size < 1:
             problems.append("epochs must be >= 0 and batch_size >= 1")
+        if self.recovery_epochs < 0 or self.bn_recalibration_batches < 0:
+            problems.append("recovery_epochs and bn_recalibration_batches must be >= 0")
+        if not 0 <= self.score_momentum < 1:
+            problems.append(f"score_momentum must be in [0, 1), got {self.score_momentum}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0 <= self.sharing_warmup <= 1:

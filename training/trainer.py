@@ -42,11 +42,12 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import DomainData, RoundRobin, train_batch
 from .losses import CostTerms, DualMultipliers, budget_loss, sharing_loss, union_masks
+from .recovery import recalibrate_bn
 from .sources import load_domain
 from .switches import Switches
 
 log = logging.getLogger(__name__)
-PHASES = ("pretrain", "bap", "done")
+PHASES = ("pretrain", "bap", "recover", "done")
 
 
 @dataclass
@@ -208,6 +209,20 @@ class Trainer:
         self.duals.update(costs, union.item() if cfg.sharing == "union" else None)
         return ce + constraints, {"ce": ce.item(), "cost": max(costs), "union": union.item()}
 
+    def recover_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy of the exported network: stored final masks, convs frozen."""
+        loss = torch.zeros((), device=self.ranks.device)
+        for d in range(len(self.data)):
+            x, y, weight = self.batch(d)
+            loss = loss + weight * F.cross_entropy(self.net(x, d), y)
+        return loss, {"ce": loss.item()}
+
+    def freeze_masks(self) -> None:
+        """The stored masks := the switches' final hard masks (idempotent: scores are fixed)."""
+        with torch.no_grad():
+            for block, mask in zip(self.model.blocks, self.switches.hard_masks(), strict=True):
+                block.masks.copy_(mask)
+
     def run_phase(
         self,
         name: str,
@@ -275,6 +290,7 @@ class Trainer:
                     {
                         "params": list(self.switches.parameters()),
                         "lr": cfg.score_lr,
+                        "momentum": cfg.score_momentum,
                         "weight_decay": 0.0,
                     },
                 ],
@@ -282,9 +298,21 @@ class Trainer:
                 momentum=cfg.momentum,
             )
             self.run_phase("bap", cfg.epochs, opt, self.bap_step)
-        with torch.no_grad():
-            for block, mask in zip(self.model.blocks, self.switches.hard_masks(), strict=True):
-                block.masks.copy_(mask)
+        if self.phase == "recover":
+            self.freeze_masks()
+            self.net = self.ranks.replicate(self.model)
+            opt = torch.optim.SGD(
+                self.model.domain_parameters(),
+                cfg.recovery_lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+            )
+            self.run_phase("recover", cfg.recovery_epochs, opt, self.recover_step)
+        self.freeze_masks()
+        # Every rank runs the same seeded batches, so the statistics agree without averaging.
+        recalibrate_bn(
+            self.model, self.data, cfg.bn_recalibration_batches, cfg.batch_size, cfg.seed + 2
+        )
         scores = [s.detach().cpu().clone() for s in self.switches.scores]
         return TrainResult(self.model.cpu().eval(), scores, self.data)
 
