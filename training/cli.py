@@ -32,18 +32,21 @@ log = logging.getLogger("training")
 PRESETS = Path(__file__).parent / "presets"
 
 
-def _store_args(p: argparse.ArgumentParser) -> None:
+def _store_args(p: argparse.ArgumentParser, name_from_env: bool = True) -> None:
     p.add_argument(
         "--store",
         type=Path,
         default=Path(os.environ.get("BAP_STORE", "store")),
         help="model store folder (env BAP_STORE)",
     )
-    p.add_argument(
-        "--name",
-        default=os.environ.get("BAP_MODEL"),
-        help="model name in the store (env BAP_MODEL)",
-    )
+    if name_from_env:  # reading a model: the one the server serves is a sensible default
+        p.add_argument(
+            "--name",
+            default=os.environ.get("BAP_MODEL"),
+            help="model name in the store (env BAP_MODEL)",
+        )
+    else:  # publishing: never into the served model by accident of the environment
+        p.add_argument("--name", help="model name to publish under (default: the config's name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--config", type=Path, help="JSON training config (defaults: synthetic smoke run)"
     )
-    _store_args(t)
+    _store_args(t, name_from_env=False)
     t.add_argument(
         "--run-dir", type=Path, help="checkpoints and resolved config (default runs/<name>)"
     )
@@ -63,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --run-dir from its checkpoint"
     )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even if the export had to cut a domain past the limits (see publish.py)",
+    )
     t.add_argument(
         "--device",
         choices=distributed.DEVICES,
@@ -136,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not ranks.main:
         return 0
     config = TrainConfig.load(run_dir / "config.json")  # a resumed run uses its stored config
-    manifest, _ = publish_result(config, result, args.store)
+    manifest, _ = publish_result(config, result, args.store, force=args.force)
     _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
     _print(_totals_line(manifest.totals))
     _print(f"published {args.store / manifest.name / manifest.version}")

@@ -8,6 +8,7 @@ model never exceeds the user's budget, in the unit it was trained with.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -17,19 +18,33 @@ from model_store import MultiDomainResNet, baseline_cost, domain_cost, filter_co
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ExportCut:
+    """What the budget guarantee did to one domain: filters switched off and its cost fraction
+    (of the single-domain network) as training left it and as exported."""
+
+    filters: int
+    cost_trained: float
+    cost_exported: float
+
+    @property
+    def cost_cut(self) -> float:
+        return self.cost_trained - self.cost_exported
+
+
 @torch.no_grad()
 def enforce_budget(
     model: MultiDomainResNet, scores: list[Tensor], budget: float, unit: str
-) -> dict[str, int]:
-    """Switch off each over-budget domain's lowest-score filters in place; returns how many
-    filters were switched off per domain."""
+) -> dict[str, ExportCut]:
+    """Switch off each over-budget domain's lowest-score filters in place; returns per domain
+    how many filters that took and the cost before and after."""
     spec, costs = model.spec, filter_costs(model.spec, unit)
-    switched_off = {}
+    cuts = {}
     for d, name in enumerate(spec.domain_names):
         masks = [b.masks[d] for b in model.blocks]
-        over = domain_cost(spec, unit, d, masks, costs).item() - budget * baseline_cost(
-            spec, unit, d
-        )
+        base = baseline_cost(spec, unit, d)
+        trained = domain_cost(spec, unit, d, masks, costs).item()
+        over = trained - budget * base
         count = 0
         if over > 0:
             active = [
@@ -48,13 +63,14 @@ def enforce_budget(
                     f"budget {budget} is below what {name} costs with every filter off"
                 )
             log.info("budget guarantee: domain=%s switched_off=%d", name, count)
-        switched_off[name] = count
-    return switched_off
+        exported = domain_cost(spec, unit, d, masks, costs).item()
+        cuts[name] = ExportCut(count, trained / base, exported / base)
+    return cuts
 
 
 def export_pruned(
     model: MultiDomainResNet, scores: list[Tensor], budget: float, unit: str
-) -> tuple[MultiDomainResNet, dict[str, int]]:
+) -> tuple[MultiDomainResNet, dict[str, ExportCut]]:
     """The model to publish: budget enforced on the stored masks, then unused filters removed."""
-    switched_off = enforce_budget(model, scores, budget, unit)
-    return prune_to_union(model).eval(), switched_off
+    cuts = enforce_budget(model, scores, budget, unit)
+    return prune_to_union(model).eval(), cuts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import platform
@@ -21,6 +22,12 @@ from .trainer import TrainResult
 
 log = logging.getLogger(__name__)
 EQUIVALENCE_TOLERANCE = 1e-4
+MAX_EXPORT_COST_CUT = 0.03  # of a single-domain network's cost, per domain
+MAX_EXPORT_ACCURACY_DROP = 0.01  # absolute, per domain
+
+
+class ExportRefused(ValueError):
+    """The budget was reached by the export's blind cut rather than by training."""
 
 
 def provenance() -> dict[str, Any]:
@@ -76,14 +83,47 @@ def build_manifest(
 
 
 def publish_result(
-    config: TrainConfig, result: TrainResult, store: Path
+    config: TrainConfig, result: TrainResult, store: Path, force: bool = False
 ) -> tuple[Manifest, MultiDomainResNet]:
-    """Export, verify and publish; returns the manifest (with its version) and the pruned model."""
-    masked = result.model.eval()
-    pruned, switched_off = export_pruned(masked, result.scores, config.budget, config.budget_unit)
+    """Export, verify and publish; returns the manifest (with its version) and the pruned model.
+
+    A domain the export had to cut by more than MAX_EXPORT_COST_CUT of its cost, or that lost
+    more than MAX_EXPORT_ACCURACY_DROP of accuracy through the cut, is refused unless `force`.
+    """
+    trained = result.model.eval()  # the masks as training left them, kept as they are
+    masked = copy.deepcopy(trained)  # the budget guarantee switches filters off in this copy
+    pruned, cuts = export_pruned(masked, result.scores, config.budget, config.budget_unit)
     diff = check_equivalence(masked, pruned, result.data)
-    extra = {"budget_guarantee_switched_off": switched_off, "masked_vs_pruned_max_abs_diff": diff}
-    manifest = build_manifest(config, pruned, result.data, extra)
+    manifest = build_manifest(config, pruned, result.data, {})
+    export = {}
+    for domain in result.data:
+        cut = cuts[domain.name]
+        after = manifest.domains[domain.name].accuracy
+        before = accuracy(trained, domain, config.eval_batch_size) if cut.filters else after
+        export[domain.name] = {
+            "filters_switched_off": cut.filters,
+            "cost_trained": round(cut.cost_trained, 4),
+            "cost_exported": round(cut.cost_exported, 4),
+            "accuracy_trained": round(before, 6),
+            "accuracy_exported": after,
+        }
+        log.info("export domain=%s %s", domain.name, export[domain.name])
+    manifest.training.update({"export": export, "masked_vs_pruned_max_abs_diff": diff})
+    problems = [
+        f"{name}: the export cut {e['cost_trained'] - e['cost_exported']:.3f} of its cost "
+        f"({e['cost_trained']:.3f} -> {e['cost_exported']:.3f}) and accuracy "
+        f"{e['accuracy_trained']:.4f} -> {e['accuracy_exported']:.4f}"
+        for name, e in export.items()
+        if e["cost_trained"] - e["cost_exported"] > MAX_EXPORT_COST_CUT
+        or e["accuracy_trained"] - e["accuracy_exported"] > MAX_EXPORT_ACCURACY_DROP
+    ]
+    if problems and not force:
+        raise ExportRefused(
+            "not publishing: training did not reach the budget "
+            f"{config.budget} ({config.budget_unit}) by itself; " + "; ".join(problems) + ". "
+            "Train longer (--epochs), raise dual_lr, or loosen --budget; or publish this run "
+            "anyway with --resume --force"
+        )
     publish_version(store, pruned, manifest)
     log.info("published store=%s name=%s version=%s", store, manifest.name, manifest.version)
     return manifest, pruned

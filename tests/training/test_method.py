@@ -73,11 +73,13 @@ def test_union_loss_pushes_filters_that_one_domain_alone_uses() -> None:
 def test_budget_guarantee_holds_for_every_domain(unit: str, budget: float) -> None:
     model = randomize(build_model(tiny_spec()), keep_prob=1.0, seed=2)
     scores = [torch.randn(b.masks.shape) for b in model.blocks]
-    pruned, switched_off = export_pruned(model, scores, budget, unit)
+    pruned, cuts = export_pruned(model, scores, budget, unit)
     for d in range(3):
         frac = cost_fraction(pruned.spec, unit, d, [b.masks[d].double() for b in pruned.blocks])
         assert frac.item() <= budget + 1e-12
-        assert switched_off[pruned.spec.domain_names[d]] > 0
+        cut = cuts[pruned.spec.domain_names[d]]
+        assert cut.filters > 0 and cut.cost_trained == pytest.approx(1.0)
+        assert cut.cost_exported == pytest.approx(frac.item())
 
 
 def test_budget_guarantee_removes_lowest_scores_first() -> None:
