@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from model_store import MultiDomainResNet, normalize
-from model_store.layers import DomainBatchNorm
+from model_store import DomainBatchNorm, MultiDomainResNet, normalize
 
 from .data import DomainData
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from model_store.layers import DomainBatchNorm
+from model_store import DomainBatchNorm
 from tests.training.conftest import tiny_config
 from training.data import DomainData
 from training.recovery import recalibrate_bn
