@@ -48,7 +48,7 @@ def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Stage 1 only (every weight, all domains), published unpruned: the shared start."""
     root = tmp_path_factory.mktemp("backbone")
     config = tiny_config(epochs=0, budget=1.0)
-    publish_result(config, train(config, root / "run", progress=False), root / "store")
+    publish_result(config, train(config, root / "run", progress=False), root / "store", force=True)
     return root / "store" / config.name / "v1"
 
 
@@ -154,7 +154,7 @@ def train_both(config: TrainConfig, tmp_path: Path) -> tuple[Path, Path]:
     """The same config, seed and global batch on 1 process and on 2 torchrun ranks; both
     publish. Returns the two folders (run/ and store/ in each)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    publish_result(config, train(config, one / "run", progress=False), one / "store")
+    publish_result(config, train(config, one / "run", progress=False), one / "store", force=True)
     out = run([*TORCHRUN, *train_args(write_config(config, two), two)], tmp_path / "two.log")
     assert "rank=1 of 2" in out and "backend=gloo" in out
     return one, two
