@@ -64,6 +64,7 @@ def bap_config(backbone: Path, **changes) -> TrainConfig:
         budget_control="dual",
         score_lr=0.02,
         dual_lr=1.0,
+        score_momentum=0.9,  # what these runs trained with before the field was honoured
         **changes,
     )
 
