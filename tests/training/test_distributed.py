@@ -65,6 +65,8 @@ def bap_config(backbone: Path, **changes) -> TrainConfig:
         score_lr=0.02,
         dual_lr=1.0,
         score_momentum=0.9,  # what these runs trained with before the field was honoured
+        recovery_epochs=0.0,  # stage-2 equivalence only; recovery over ranks is not yet proven
+        bn_recalibration_batches=0,
         **changes,
     )
 
