@@ -106,16 +106,19 @@ def train_batch(
     return normalize(crops, pre), data.train.targets[indices[rows]]
 
 
+def centre_crops(data: DomainData, images: Tensor, pre: Preprocess) -> Tensor:
+    """Stored images cut and normalised exactly as the server cuts one (the centre crop)."""
+    lo = (data.resize - data.crop) // 2
+    return normalize(images[:, :, lo : lo + data.crop, lo : lo + data.crop], pre)
+
+
 def eval_batches(
     data: DomainData, pre: Preprocess, batch_size: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """The test split in order, centre-cropped and normalised exactly as the server does."""
-    lo = (data.resize - data.crop) // 2
     for start in range(0, len(data.test), batch_size):
-        images = data.test.images[
-            start : start + batch_size, :, lo : lo + data.crop, lo : lo + data.crop
-        ]
-        yield normalize(images, pre), data.test.targets[start : start + batch_size]
+        images = data.test.images[start : start + batch_size]
+        yield centre_crops(data, images, pre), data.test.targets[start : start + batch_size]
 
 
 class RoundRobin:

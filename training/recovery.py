@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from model_store import DomainBatchNorm, MultiDomainResNet, normalize
+from model_store import DomainBatchNorm, MultiDomainResNet
 
-from .data import DomainData
+from .data import DomainData, centre_crops
 
 
 @torch.no_grad()
@@ -38,6 +38,8 @@ def recalibrate_bn(
     generator = torch.Generator().manual_seed(seed)
     try:
         for d, domain in enumerate(data):
+            if not len(domain.train):
+                continue  # nothing to estimate from: keep what training left
             pre = model.spec.domains[d].preprocess
             for bn in norms:
                 bn.running_mean[d].zero_()
@@ -45,13 +47,9 @@ def recalibrate_bn(
             order = torch.randperm(len(domain.train), generator=generator)
             for k in range(batches):
                 idx = order[(k * batch_size) % len(order) :][:batch_size]
-                if len(idx) == 0:
-                    break
                 for bn in norms:
                     bn.momentum = 1.0 / (k + 1)  # running value = mean over the batches so far
-                lo = (domain.resize - domain.crop) // 2
-                x = domain.train.images[idx, :, lo : lo + domain.crop, lo : lo + domain.crop]
-                model(normalize(x, pre).to(device), d)
+                model(centre_crops(domain, domain.train.images[idx], pre).to(device), d)
     finally:
         for bn, momentum in zip(norms, saved, strict=True):
             bn.momentum = momentum

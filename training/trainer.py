@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +179,8 @@ class Trainer:
         x, y = train_batch(data, pre, idx, self.augment, self.ranks.rows(len(idx)))
         return self.ranks.to_device(x), self.ranks.to_device(y), self.ranks.shard_weight(len(idx))
 
-    def pretrain_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
+    def stored_mask_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy through the stored masks: all on in stage 1, the final ones in recovery."""
         loss = torch.zeros((), device=self.ranks.device)
         for d in range(len(self.data)):
             x, y, weight = self.batch(d)
@@ -209,13 +210,10 @@ class Trainer:
         self.duals.update(costs, union.item() if cfg.sharing == "union" else None)
         return ce + constraints, {"ce": ce.item(), "cost": max(costs), "union": union.item()}
 
-    def recover_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
-        """Cross-entropy of the exported network: stored final masks, convs frozen."""
-        loss = torch.zeros((), device=self.ranks.device)
-        for d in range(len(self.data)):
-            x, y, weight = self.batch(d)
-            loss = loss + weight * F.cross_entropy(self.net(x, d), y)
-        return loss, {"ce": loss.item()}
+    def sgd(self, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.SGD:
+        """SGD with the run's momentum and weight decay (stage 1 and recovery)."""
+        cfg = self.config
+        return torch.optim.SGD(params, lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def freeze_masks(self) -> None:
         """The stored masks := the switches' final hard masks (idempotent: scores are fixed)."""
@@ -267,13 +265,8 @@ class Trainer:
         self.model.train()
         if self.phase == "pretrain":
             self.net = self.ranks.replicate(self.model)
-            opt = torch.optim.SGD(
-                self.model.parameters(),
-                cfg.pretrain_lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-            )
-            self.run_phase("pretrain", cfg.pretrain_epochs, opt, self.pretrain_step)
+            opt = self.sgd(self.model.parameters(), cfg.pretrain_lr)
+            self.run_phase("pretrain", cfg.pretrain_epochs, opt, self.stored_mask_step)
         for p in self.model.shared_parameters():
             p.requires_grad_(False)
         if self.phase == "bap" and self.step == 0 and cfg.score_init_from_bn:
@@ -298,17 +291,11 @@ class Trainer:
                 momentum=cfg.momentum,
             )
             self.run_phase("bap", cfg.epochs, opt, self.bap_step)
+        self.freeze_masks()  # stage 2 is over (phase recover or done): the masks are final
         if self.phase == "recover":
-            self.freeze_masks()
             self.net = self.ranks.replicate(self.model)
-            opt = torch.optim.SGD(
-                self.model.domain_parameters(),
-                cfg.recovery_lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-            )
-            self.run_phase("recover", cfg.recovery_epochs, opt, self.recover_step)
-        self.freeze_masks()
+            opt = self.sgd(self.model.domain_parameters(), cfg.recovery_lr)
+            self.run_phase("recover", cfg.recovery_epochs, opt, self.stored_mask_step)
         # Every rank runs the same seeded batches, so the statistics agree without averaging.
         recalibrate_bn(
             self.model, self.data, cfg.bn_recalibration_batches, cfg.batch_size, cfg.seed + 2

@@ -8,7 +8,6 @@ import torch
 
 from model_store import DomainBatchNorm
 from tests.training.conftest import tiny_config
-from training.data import DomainData
 from training.recovery import recalibrate_bn
 from training.trainer import train
 
@@ -55,8 +54,7 @@ def test_recalibrated_statistics_are_the_mean_over_the_batches(tmp_path: Path) -
 
 def test_recalibration_is_deterministic(tmp_path: Path) -> None:
     result = _run(tmp_path, "det", recovery_epochs=0.0, bn_recalibration_batches=0)
-    data: list[DomainData] = result.data
-    recalibrate_bn(result.model, data, 2, 16, seed=1)
+    recalibrate_bn(result.model, result.data, 2, 16, seed=1)
     once = [b.clone() for b in result.model.buffers()]
-    recalibrate_bn(result.model, data, 2, 16, seed=1)
+    recalibrate_bn(result.model, result.data, 2, 16, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(once, result.model.buffers(), strict=True))
