@@ -21,6 +21,18 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 CHECKPOINT = "checkpoint.safetensors"
+PUBLISHED = "published.txt"  # which store version this run became, once it is published
+
+
+def mark_published(run_dir: Path, version_folder: Path) -> None:
+    """Record that the run's result is published, so `--resume` cannot publish it twice."""
+    (Path(run_dir) / PUBLISHED).write_text(f"{version_folder}\n")
+
+
+def published_as(run_dir: Path) -> str | None:
+    """The version folder this run was published as, or None."""
+    mark = Path(run_dir) / PUBLISHED
+    return mark.read_text().strip() if mark.is_file() else None
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:

@@ -21,6 +21,7 @@ from model_store import (
 )
 
 from . import distributed
+from .checkpoint import mark_published
 from .config import PRECISIONS, TrainConfig
 from .evaluate import accuracy, model_totals, results_table
 from .publish import publish_result
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
-    config = config.override(
+    overrides = dict(
         name=args.name,
         budget=args.budget,
         budget_unit=args.budget_unit,
@@ -135,7 +136,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         sync_bn=args.sync_bn,
         seed=args.seed,
     )
+    config = config.override(**overrides)
     run_dir = args.run_dir or Path("runs") / config.name
+    if args.resume and not args.config:  # only the flags given are compared with the stored run
+        config = TrainConfig.load_record(run_dir / "config.json").override(**overrides)
     ranks = distributed.setup(args.device)
     try:
         result = train(config, run_dir, args.resume, progress=not args.quiet, ranks=ranks)
@@ -143,8 +147,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.teardown()
     if not ranks.main:
         return 0
-    config = TrainConfig.load(run_dir / "config.json")  # a resumed run uses its stored config
+    config = TrainConfig.load(run_dir / "config.json")  # what ran, resumed or not
     manifest, _ = publish_result(config, result, args.store, force=args.force)
+    mark_published(run_dir, args.store / manifest.name / manifest.version)
     _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
     _print(_totals_line(manifest.totals))
     _print(f"published {args.store / manifest.name / manifest.version}")
@@ -166,7 +171,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     manifest, model = load_version(args.store, _name(args), args.version)
-    config = TrainConfig.from_dict(manifest.training["config"])
+    config = TrainConfig.from_record(manifest.training["config"])
     measured = {}
     for entry in config.domains:
         data = load_domain(entry, config.resize, config.crop)

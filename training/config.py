@@ -15,6 +15,10 @@ from model_store import UNITS
 
 SHARING_FORMS = ("union", "intersection", "jaccard", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# What a resumed run may change: neither touches what it has learned or will learn.
+RESUME_SAFE = ("name", "threads")
+# Defaults of the knobs only one budget-control mode or sharing form reads.
+MODE_DEFAULTS = {"dual_lr": 0.5, "budget_weight": 5.0, "sharing_weight": 5.0, "sharing_warmup": 0.3}
 
 
 def _synthetic_domains() -> list[dict[str, Any]]:
@@ -23,6 +27,23 @@ def _synthetic_domains() -> list[dict[str, Any]]:
         {"source": "synthetic", "name": "colours", "classes": 5, "seed": 2},
         {"source": "synthetic", "name": "noise", "classes": 3, "seed": 3},
     ]
+
+
+def mode_knobs(budget_control: str, sharing: str) -> dict[str, str | None]:
+    """Each mode-specific knob -> None where this mode reads it, else why it does not."""
+    dual, mode = budget_control == "dual", f"budget_control={budget_control!r}"
+    if sharing == "none":
+        sharing_unused: str | None = "sharing='none' has no sharing loss"
+    elif dual and sharing == "union":
+        sharing_unused = f"under {mode} the union constraint has its own multiplier"
+    else:
+        sharing_unused = None
+    return {
+        "dual_lr": None if dual else f"{mode} uses fixed weights, no multipliers",
+        "budget_weight": f"{mode} weighs the budget by multipliers" if dual else None,
+        "sharing_weight": sharing_unused,
+        "sharing_warmup": sharing_unused,
+    }
 
 
 @dataclass
@@ -53,11 +74,13 @@ class TrainConfig:
     budget_control: str = (
         "dual"  # "dual": Lagrange multipliers by dual ascent; "hinge": fixed weights
     )
-    dual_lr: float = 0.5  # dual ascent step on the multipliers (dual control)
-    budget_weight: float = 5.0  # hinge weights (hinge control)
     sharing: str = "union"
-    sharing_weight: float = 5.0
-    sharing_warmup: float = 0.3  # fraction of stage-2 steps over which sharing_weight ramps up
+    # Mode-specific knobs: None means "this mode's default" where the mode reads the knob, and
+    # giving one that the chosen mode never reads is an error (see MODE_DEFAULTS).
+    dual_lr: float | None = None  # dual ascent step on the multipliers (dual control)
+    budget_weight: float | None = None  # weight of the budget hinge (hinge control)
+    sharing_weight: float | None = None  # weight of the sharing loss, where it is a loss
+    sharing_warmup: float | None = None  # fraction of stage-2 steps sharing_weight ramps over
     # recovery: masks final; BN affines and heads fine-tune, then BN statistics are re-estimated
     recovery_epochs: float = 0.5
     recovery_lr: float = 0.01
@@ -101,10 +124,26 @@ class TrainConfig:
             problems.append(f"score_momentum must be in [0, 1), got {self.score_momentum}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not 0 <= self.sharing_warmup <= 1:
+        problems += self._resolve_mode_knobs()
+        if self.sharing_warmup is not None and not 0 <= self.sharing_warmup <= 1:
             problems.append(f"sharing_warmup must be in [0, 1], got {self.sharing_warmup}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def mode_knobs(self) -> dict[str, str | None]:
+        """Each mode-specific knob -> None if this run reads it, else why it does not."""
+        return mode_knobs(self.budget_control, self.sharing)
+
+    def _resolve_mode_knobs(self) -> list[str]:
+        """Fill the knobs this mode reads with their defaults; refuse the ones it ignores."""
+        problems = []
+        for knob, unused_because in self.mode_knobs().items():
+            value = getattr(self, knob)
+            if unused_because is None and value is None:
+                setattr(self, knob, MODE_DEFAULTS[knob])
+            elif unused_because is not None and value is not None:
+                problems.append(f"{knob} has no effect in this run ({unused_because}); remove it")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +160,27 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
+    def from_record(cls, data: dict[str, Any]) -> TrainConfig:
+        """A config stored before the mode-knob rule (manifests, run folders): the knobs its mode
+        never read are dropped rather than refused, since they did nothing when it ran."""
+        unused = mode_knobs(data.get("budget_control", "dual"), data.get("sharing", "union"))
+        return cls.from_dict({k: v for k, v in data.items() if unused.get(k) is None})
+
+    def resumed_with(self, requested: TrainConfig) -> TrainConfig:
+        """This stored run's config with the RESUME_SAFE fields of `requested`; any other
+        difference is refused: a run resumed under other settings is neither run."""
+        mine, theirs = self.to_dict(), requested.to_dict()
+        changed = sorted(k for k in mine if k not in RESUME_SAFE and mine[k] != theirs[k])
+        if changed:
+            shown = ", ".join(f"{k}: {mine[k]!r} -> {theirs[k]!r}" for k in changed)
+            raise ValueError(
+                f"a resumed run keeps its settings, and these differ from the stored run's "
+                f"({shown}); drop them to resume, or start a new --run-dir with them. "
+                f"Only {', '.join(RESUME_SAFE)} may change on --resume"
+            )
+        return self.override(**{k: theirs[k] for k in RESUME_SAFE})
+
+    @classmethod
     def load(cls, path: Path) -> TrainConfig:
         try:
             data = json.loads(Path(path).read_text())
@@ -130,8 +190,20 @@ class TrainConfig:
             raise ValueError(f"{path}: a training config is a JSON object")
         return cls.from_dict(data)
 
+    @classmethod
+    def load_record(cls, path: Path) -> TrainConfig:
+        """`load` for a config this code wrote earlier (see from_record)."""
+        try:
+            return cls.from_record(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read stored training config ({exc})") from exc
+
     def override(self, **changes: Any) -> TrainConfig:
         """A copy with the given (non-None) fields replaced, validated again."""
-        data = self.to_dict()
-        data.update({k: v for k, v in changes.items() if v is not None})
+        given = {k: v for k, v in changes.items() if v is not None}
+        data = {**self.to_dict(), **given}
+        # A knob this config filled with its mode's default is dropped if the new mode ignores it.
+        for knob, unused in mode_knobs(data["budget_control"], data["sharing"]).items():
+            if unused is not None and knob not in given:
+                data[knob] = None
         return TrainConfig.from_dict(data)

@@ -36,6 +36,7 @@ from .checkpoint import (
     load_optimizer_tensors,
     load_scaler_tensors,
     optimizer_tensors,
+    published_as,
     save_checkpoint,
     scaler_tensors,
 )
@@ -120,7 +121,7 @@ class Trainer:
         device = self.ranks.device
         costs = [c.to(device) for c in filter_costs(spec, config.budget_unit)]
         self.terms = CostTerms(spec, config.budget_unit, costs)
-        self.duals = DualMultipliers(len(data), config.budget, config.dual_lr)
+        self.duals = DualMultipliers(len(data), config.budget, config.dual_lr or 0.0)
         self.scaler = distributed.grad_scaler(device, config.precision)
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
         if config.backbone:  # stage 1 then fine-tunes it, for pretrain_epochs (0 skips it)
@@ -207,7 +208,8 @@ class Trainer:
             share = sharing_loss(cfg.sharing, self.terms, cost_masks, cfg.budget)
             constraints = constraints + warm * cfg.sharing_weight * share
         costs = [f.item() for f in fractions]  # the same on every rank: the same scores
-        self.duals.update(costs, union.item() if cfg.sharing == "union" else None)
+        if cfg.budget_control == "dual":
+            self.duals.update(costs, union.item() if cfg.sharing == "union" else None)
         return ce + constraints, {"ce": ce.item(), "cost": max(costs), "union": union.item()}
 
     def sgd(self, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.SGD:
@@ -305,14 +307,17 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     run_dir: Path,
     resume: bool = False,
     data: list[DomainData] | None = None,
     progress: bool = True,
     ranks: distributed.Ranks | None = None,
 ) -> TrainResult:
-    """Run (or resume) one BAP training run in `run_dir`, as one of `ranks` processes."""
+    """Run (or resume) one BAP training run in `run_dir`, as one of `ranks` processes.
+
+    Resuming keeps the stored config; `config`, if given, may change only the RESUME_SAFE
+    fields (anything else is refused). A run whose result was published is not resumed."""
     ranks = ranks or distributed.Ranks()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -321,7 +326,16 @@ def train(
     if resume:
         if not stored.is_file():
             raise FileNotFoundError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
-        config = TrainConfig.load(stored)
+        published = published_as(run_dir)
+        if published is not None:
+            raise FileExistsError(
+                f"{run_dir}: this run finished and was published as {published}; nothing to "
+                f"resume (start a new --run-dir to train again)"
+            )
+        kept = TrainConfig.load_record(stored)
+        config = kept if config is None else kept.resumed_with(config)
+    elif config is None:
+        raise ValueError("a new run needs a config")
     elif load_checkpoint(run_dir) is not None:
         raise FileExistsError(
             f"{run_dir} holds a checkpoint: pass --resume, or pick another --run-dir"

@@ -166,7 +166,7 @@ def train_both(config: TrainConfig, tmp_path: Path) -> tuple[Path, Path]:
 def trained(folder: Path) -> tuple[list[torch.Tensor], dict[str, float]]:
     """Final switch masks and the masked network's test accuracy, from the last checkpoint
     (before export, whose budget guarantee may switch more filters off)."""
-    result = train(TrainConfig(), folder / "run", resume=True, progress=False)  # phase done
+    result = train(None, folder / "run", resume=True, progress=False)  # phase done
     masks = [s > 0 for s in result.scores]
     return masks, {d.name: accuracy(result.model, d, 256) for d in result.data}
 
