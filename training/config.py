@@ -7,6 +7,7 @@ resumed run rebuilds itself from the stored copy, so a run is always reproducibl
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,23 @@ def _synthetic_domains() -> list[dict[str, Any]]:
         {"source": "synthetic", "name": "colours", "classes": 5, "seed": 2},
         {"source": "synthetic", "name": "noise", "classes": 3, "seed": 3},
     ]
+
+
+DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a URL query value, a file name
+
+
+def _domain_name_problems(names: list[Any]) -> list[str]:
+    """Checked with the config, before any image is decoded."""
+    problems = [
+        f"domain name {n!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a "
+        f"letter or digit)"
+        for n in names
+        if not isinstance(n, str) or not DOMAIN_NAME.match(n)
+    ]
+    repeated = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    if repeated:
+        problems.append(f"domain names must be unique; repeated: {repeated}")
+    return problems
 
 
 def mode_knobs(budget_control: str, sharing: str) -> dict[str, str | None]:
@@ -116,6 +134,8 @@ class TrainConfig:
             problems.append("domains: give at least one domain entry")
         if any("source" not in d or "name" not in d for d in self.domains):
             problems.append("every domain entry needs 'source' and 'name'")
+        else:
+            problems += _domain_name_problems([d["name"] for d in self.domains])
         if self.pretrain_epochs < 0 or self.epochs < 0 or self.batch_size < 1:
             problems.append("epochs must be >= 0 and batch_size >= 1")
         if self.recovery_epochs < 0 or self.bn_recalibration_batches < 0:

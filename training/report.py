@@ -144,7 +144,11 @@ class Report:
             self.switched(
                 "(2) frozen backbone, BN + heads", 1.0, backbone, sharing="none", score_lr=0.0
             ),
-            self.switched("(3) budget loss, no sharing", 0.5, backbone, sharing="none"),
+        ]
+        rows += [
+            self.switched(f"(3) budget loss, no sharing β={b}", b, backbone, sharing="none")
+            for b in budgets
+            if b < 1
         ]
         rows += [self.switched(f"(4) BAP β={b}", b, backbone) for b in budgets]
         return rows

@@ -87,3 +87,18 @@ def test_a_published_run_is_not_resumed(tmp_path: Path) -> None:
     mark_published(run_dir, tmp_path / "store" / "tiny" / "v1")
     with pytest.raises(FileExistsError, match="published as .*tiny/v1"):
         train(None, run_dir, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a", "a"], "unique; repeated: \\['a'\\]"),
+        (["ok", "bad name"], "domain name 'bad name' must be"),
+        (["ok", "../up"], "domain name '../up' must be"),
+    ],
+)
+def test_domain_names_are_checked_before_any_image_is_decoded(names, message) -> None:
+    domains = [{"source": "no-such-source", "name": n} for n in names]
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(domains=domains)
+

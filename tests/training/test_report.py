@@ -36,7 +36,7 @@ def test_report_runs_every_method_and_writes_table_and_plot(tmp_path: Path) -> N
     for method in (
         "(1) independent",
         "(2) frozen backbone",
-        "(3) budget loss, no sharing",
+        "(3) budget loss, no sharing β=0.5",
         "(4) BAP β=0.5",
     ):
         assert method in text

@@ -51,4 +51,10 @@ def load_domain(entry: dict[str, Any], resize: int, crop: int) -> DomainData:
         inspect.signature(fn).bind(resize=resize, crop=crop, **args)
     except TypeError as exc:
         raise SourceError(f"bad arguments for source {kind!r}: {exc}") from exc
-    return fn(resize=resize, crop=crop, **args)
+    data = fn(resize=resize, crop=crop, **args)
+    if not len(data.test):
+        raise SourceError(
+            f"domain {data.name!r} has no test images, so its accuracy cannot be measured; "
+            f"give the source a test split (or a larger one)"
+        )
+    return data
