@@ -21,7 +21,7 @@ from model_store import (
 )
 
 from . import distributed
-from .checkpoint import mark_published
+from .checkpoint import mark_published, published_as
 from .config import PRECISIONS, TrainConfig
 from .evaluate import accuracy, model_totals, results_table
 from .publish import publish_result
@@ -138,6 +138,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     config = config.override(**overrides)
     run_dir = args.run_dir or Path("runs") / config.name
+    published = published_as(run_dir) if args.resume else None
+    if published is not None:  # resuming would publish the same run a second time
+        raise FileExistsError(
+            f"{run_dir}: this run finished and was published as {published}; nothing to "
+            f"resume (start a new --run-dir to train again)"
+        )
     if args.resume and not args.config:  # only the flags given are compared with the stored run
         config = TrainConfig.load_record(run_dir / "config.json").override(**overrides)
     ranks = distributed.setup(args.device)

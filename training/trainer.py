@@ -36,7 +36,6 @@ from .checkpoint import (
     load_optimizer_tensors,
     load_scaler_tensors,
     optimizer_tensors,
-    published_as,
     save_checkpoint,
     scaler_tensors,
 )
@@ -317,7 +316,7 @@ def train(
     """Run (or resume) one BAP training run in `run_dir`, as one of `ranks` processes.
 
     Resuming keeps the stored config; `config`, if given, may change only the RESUME_SAFE
-    fields (anything else is refused). A run whose result was published is not resumed."""
+    fields (anything else is refused)."""
     ranks = ranks or distributed.Ranks()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -326,12 +325,6 @@ def train(
     if resume:
         if not stored.is_file():
             raise FileNotFoundError(f"{run_dir}: nothing to resume (no config.json); drop --resume")
-        published = published_as(run_dir)
-        if published is not None:
-            raise FileExistsError(
-                f"{run_dir}: this run finished and was published as {published}; nothing to "
-                f"resume (start a new --run-dir to train again)"
-            )
         kept = TrainConfig.load_record(stored)
         config = kept if config is None else kept.resumed_with(config)
     elif config is None:

@@ -3,6 +3,8 @@ a resumed run keeps its settings; a published run is not published twice."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,8 +87,9 @@ def test_a_published_run_is_not_resumed(tmp_path: Path) -> None:
     run_dir.mkdir()
     tiny_config().save(run_dir / "config.json")
     mark_published(run_dir, tmp_path / "store" / "tiny" / "v1")
-    with pytest.raises(FileExistsError, match="published as .*tiny/v1"):
-        train(None, run_dir, resume=True, progress=False)
+    cmd = [sys.executable, "-m", "training", "train", "--resume", "--run-dir", str(run_dir)]
+    out = subprocess.run([*cmd, "--store", str(tmp_path / "store")], capture_output=True, text=True)
+    assert out.returncode != 0 and "published as" in out.stderr and "tiny/v1" in out.stderr
 
 
 @pytest.mark.parametrize(
@@ -101,4 +104,3 @@ def test_domain_names_are_checked_before_any_image_is_decoded(names, message) ->
     domains = [{"source": "no-such-source", "name": n} for n in names]
     with pytest.raises(ValueError, match=message):
         TrainConfig(domains=domains)
-
