@@ -40,7 +40,7 @@ from .slicing import (
     slice_network,
     union_filters,
 )
-from .spec import DomainSpec, ModelSpec, Preprocess, SpecError
+from .spec import DomainSpec, ModelSpec, Preprocess, SpecError, domain_name_problems
 from .versions import (
     current_version,
     list_versions,
@@ -65,6 +65,7 @@ __all__ = [
     "MultiDomainResNet",
     "Preprocess",
     "SpecError",
+    "domain_name_problems",
     "baseline_cost",
     "build_model",
     "cost_fraction",

@@ -7,6 +7,7 @@ specs. Everything here round-trips through JSON for the manifest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -37,6 +38,20 @@ class Preprocess:
             raise SpecError("preprocess mean and std need 3 values each, std > 0")
 
 
+def domain_name_problems(names: Sequence[Any]) -> list[str]:
+    """What is wrong with these domain names (each is a URL key; together they must be unique).
+    One rule for the spec and for a training config checked before any image is decoded."""
+    problems = [
+        f"domain name {n!r} must be letters, digits, '-' or '_'"
+        for n in names
+        if not isinstance(n, str) or not n or not n.replace("_", "").replace("-", "").isalnum()
+    ]
+    repeated = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    if repeated:
+        problems.append(f"domain names must be unique; repeated: {repeated}")
+    return problems
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """One domain: its name (the URL key), its class labels in index order, its transform."""
@@ -46,8 +61,8 @@ class DomainSpec:
     preprocess: Preprocess
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise SpecError(f"domain name {self.name!r} must be letters, digits, '-' or '_'")
+        for problem in domain_name_problems([self.name]):
+            raise SpecError(problem)
         if len(self.labels) < 2:
             raise SpecError(f"domain {self.name!r} needs at least 2 labels")
 
@@ -90,9 +105,8 @@ class ModelSpec:
             raise SpecError(
                 f"every domain's preprocess.crop must equal input_size {self.input_size}"
             )
-        names = [d.name for d in self.domains]
-        if len(set(names)) != len(names):
-            raise SpecError(f"domain names must be unique, got {names}")
+        for problem in domain_name_problems([d.name for d in self.domains]):
+            raise SpecError(problem)
         n_blocks = len(STAGE_WIDTHS) * BLOCKS_PER_STAGE
         if self.mid_channels is not None:
             full = [b.mid_channels for b in self.full_blocks()]

@@ -7,12 +7,11 @@ resumed run rebuilds itself from the stored copy, so a run is always reproducibl
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from model_store import UNITS
+from model_store import UNITS, domain_name_problems
 
 SHARING_FORMS = ("union", "intersection", "jaccard", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -30,21 +29,14 @@ def _synthetic_domains() -> list[dict[str, Any]]:
     ]
 
 
-DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a URL query value, a file name
-
-
-def _domain_name_problems(names: list[Any]) -> list[str]:
-    """Checked with the config, before any image is decoded."""
-    problems = [
-        f"domain name {n!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a "
-        f"letter or digit)"
-        for n in names
-        if not isinstance(n, str) or not DOMAIN_NAME.match(n)
-    ]
-    repeated = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
-    if repeated:
-        problems.append(f"domain names must be unique; repeated: {repeated}")
-    return problems
+def _read_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read training config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a training config is a JSON object")
+    return data
 
 
 def mode_knobs(budget_control: str, sharing: str) -> dict[str, str | None]:
@@ -135,7 +127,7 @@ class TrainConfig:
         if any("source" not in d or "name" not in d for d in self.domains):
             problems.append("every domain entry needs 'source' and 'name'")
         else:
-            problems += _domain_name_problems([d["name"] for d in self.domains])
+            problems += domain_name_problems([d["name"] for d in self.domains])
         if self.pretrain_epochs < 0 or self.epochs < 0 or self.batch_size < 1:
             problems.append("epochs must be >= 0 and batch_size >= 1")
         if self.recovery_epochs < 0 or self.bn_recalibration_batches < 0:
@@ -150,14 +142,10 @@ class TrainConfig:
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
-    def mode_knobs(self) -> dict[str, str | None]:
-        """Each mode-specific knob -> None if this run reads it, else why it does not."""
-        return mode_knobs(self.budget_control, self.sharing)
-
     def _resolve_mode_knobs(self) -> list[str]:
         """Fill the knobs this mode reads with their defaults; refuse the ones it ignores."""
         problems = []
-        for knob, unused_because in self.mode_knobs().items():
+        for knob, unused_because in mode_knobs(self.budget_control, self.sharing).items():
             value = getattr(self, knob)
             if unused_because is None and value is None:
                 setattr(self, knob, MODE_DEFAULTS[knob])
@@ -202,21 +190,12 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read training config ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config is a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(_read_object(path))
 
     @classmethod
     def load_record(cls, path: Path) -> TrainConfig:
         """`load` for a config this code wrote earlier (see from_record)."""
-        try:
-            return cls.from_record(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read stored training config ({exc})") from exc
+        return cls.from_record(_read_object(path))
 
     def override(self, **changes: Any) -> TrainConfig:
         """A copy with the given (non-None) fields replaced, validated again."""
