@@ -18,6 +18,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # What a resumed run may change: neither touches what it has learned or will learn.
 RESUME_SAFE = ("name", "threads")
 # Defaults of the knobs only one budget-control mode or sharing form reads.
+DISTILL_TEMPERATURE = 2.0
 MODE_DEFAULTS = {"dual_lr": 0.5, "budget_weight": 5.0, "sharing_weight": 5.0, "sharing_warmup": 0.3}
 
 
@@ -92,6 +93,10 @@ class TrainConfig:
     sharing_weight: float | None = None  # weight of the sharing loss, where it is a loss
     sharing_warmup: float | None = None  # fraction of stage-2 steps sharing_weight ramps over
     # recovery: masks final; BN affines and heads fine-tune, then BN statistics are re-estimated
+    # distillation in stage 2 and recovery: each domain also matches the unmasked network's
+    # outputs (same convs, stage-1 BN and heads); 0 trains on the labels alone
+    distill_weight: float = 0.0  # alpha in (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
+    distill_temperature: float | None = None  # T; read only when distill_weight > 0 (default 2)
     recovery_epochs: float = 0.5
     recovery_lr: float = 0.01
     bn_recalibration_batches: int = 50  # per domain; 0 keeps the statistics training left
@@ -137,6 +142,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         problems += self._resolve_mode_knobs()
+        problems += self._resolve_distillation()
         if self.sharing_warmup is not None and not 0 <= self.sharing_warmup <= 1:
             problems.append(f"sharing_warmup must be in [0, 1], got {self.sharing_warmup}")
         if problems:
@@ -152,6 +158,19 @@ class TrainConfig:
             elif unused_because is not None and value is not None:
                 problems.append(f"{knob} has no effect in this run ({unused_because}); remove it")
         return problems
+
+    def _resolve_distillation(self) -> list[str]:
+        if not 0 <= self.distill_weight <= 1:
+            return [f"distill_weight must be in [0, 1], got {self.distill_weight}"]
+        if self.distill_weight == 0:
+            if self.distill_temperature is not None:
+                return ["distill_temperature has no effect with distill_weight 0; remove it"]
+            return []
+        if self.distill_temperature is None:
+            self.distill_temperature = DISTILL_TEMPERATURE
+        if self.distill_temperature <= 0:
+            return [f"distill_temperature must be > 0, got {self.distill_temperature}"]
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -205,4 +224,6 @@ class TrainConfig:
         for knob, unused in mode_knobs(data["budget_control"], data["sharing"]).items():
             if unused is not None and knob not in given:
                 data[knob] = None
+        if data["distill_weight"] == 0 and "distill_temperature" not in given:
+            data["distill_temperature"] = None
         return TrainConfig.from_dict(data)

@@ -5,7 +5,10 @@ Stage 1 (pretrain): every weight trains, one batch per domain per step (round-ro
 domain with its own BatchNorm and head. Stage 2 (BAP): conv weights freeze; each domain's
 switch scores, BatchNorms and head learn with
     L = sum_d CE_d + budget_weight * sum_d max(0, c_d - budget) + w(t) * sharing
-where c_d is the domain's cost fraction and w(t) ramps sharing_weight up over the warm-up.
+where c_d is the domain's cost fraction and w(t) ramps sharing_weight up over the warm-up
+(or, under dual control, with Lagrange multipliers in place of the fixed weights). With
+`distill_weight` > 0, CE_d mixes in distillation from the stage-1 network (every filter on),
+which is kept beside the checkpoint as `pretrained.safetensors`.
 Checkpoints every `checkpoint_every` steps make a killed run resume where it stopped.
 
 Data parallel (torchrun): every rank draws the same global batch per domain and trains on its
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -48,6 +51,7 @@ from .switches import Switches
 
 log = logging.getLogger(__name__)
 PHASES = ("pretrain", "bap", "recover", "done")
+PRETRAINED = "pretrained.safetensors"  # the stage-1 network, kept beside the run's checkpoint
 
 
 @dataclass
@@ -125,11 +129,13 @@ class Trainer:
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
         if config.backbone:  # stage 1 then fine-tunes it, for pretrain_epochs (0 skips it)
             load_backbone(self.model, Path(config.backbone))
-        self.model.to(device)
+        # channels-last convolutions run ~1.3x faster on CPU here (oneDNN), and on GPUs too.
+        self.model.to(device, memory_format=torch.channels_last)
         self.switches.to(device)
         if config.sync_bn:
             self.ranks.sync_batch_norm(self.model)
         self.net: torch.nn.Module = self.model  # what a step calls: the model, or its DDP
+        self.teacher: MultiDomainResNet | None = None  # the stage-1 network, when distilling
 
     # ---- checkpoints -------------------------------------------------------------------
     def save(self, optimizer: torch.optim.Optimizer | None) -> None:
@@ -169,6 +175,25 @@ class Trainer:
         log.info("resumed run_dir=%s phase=%s step=%d", self.run_dir, self.phase, self.step)
         return True
 
+    def keep_pretrained(self) -> None:
+        """Write the stage-1 network (every filter on) beside the checkpoint: the distillation
+        teacher, and a backbone later runs can start from (`backbone=`)."""
+        if self.ranks.main:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            tmp = self.run_dir / f".{PRETRAINED}.tmp"
+            save_file(tensors, str(tmp))
+            tmp.replace(self.run_dir / PRETRAINED)
+        self.ranks.barrier()
+
+    def load_pretrained(self) -> MultiDomainResNet:
+        path = self.run_dir / PRETRAINED
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the stage-1 network to distil from is missing")
+        teacher = build_model(self.model.spec)
+        teacher.load_state_dict(load_file(str(path)))
+        teacher.requires_grad_(False)
+        return teacher.to(self.ranks.device, memory_format=torch.channels_last).eval()
+
     # ---- the two stages ----------------------------------------------------------------
     def batch(self, d: int) -> tuple[Tensor, Tensor, float]:
         """This rank's rows of domain d's next global batch, augmented, on the device, and the
@@ -177,15 +202,29 @@ class Trainer:
         idx = self.sampler.next_indices(d)
         pre = self.model.spec.domains[d].preprocess
         x, y = train_batch(data, pre, idx, self.augment, self.ranks.rows(len(idx)))
-        return self.ranks.to_device(x), self.ranks.to_device(y), self.ranks.shard_weight(len(idx))
+        x = self.ranks.to_device(x).contiguous(memory_format=torch.channels_last)
+        return x, self.ranks.to_device(y), self.ranks.shard_weight(len(idx))
+
+    def task_loss(self, d: int, logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy on the labels, mixed with distillation from the teacher when there is one:
+        (1 - a) CE + a T^2 KL(teacher || student) at temperature T (Hinton et al., 2015)."""
+        ce = F.cross_entropy(logits, y)
+        if self.teacher is None:
+            return ce
+        a, t = self.config.distill_weight, self.config.distill_temperature or 1.0
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher(x, d).float() / t, dim=1)
+        student = F.log_softmax(logits.float() / t, dim=1)
+        kd = F.kl_div(student, target, log_target=True, reduction="batchmean") * t * t
+        return (1 - a) * ce + a * kd
 
     def stored_mask_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy through the stored masks: all on in stage 1, the final ones in recovery."""
         loss = torch.zeros((), device=self.ranks.device)
         for d in range(len(self.data)):
             x, y, weight = self.batch(d)
-            loss = loss + weight * F.cross_entropy(self.net(x, d), y)
-        return loss, {"ce": loss.item()}
+            loss = loss + weight * self.task_loss(d, self.net(x, d), x, y)
+        return loss, {"task": loss.item()}
 
     def bap_step(self, step: int, total: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
@@ -194,7 +233,8 @@ class Trainer:
         ce, fractions = torch.zeros((), device=self.ranks.device), []
         for d in range(len(self.data)):
             x, y, weight = self.batch(d)
-            ce = ce + weight * F.cross_entropy(self.net(x, d, [m[d] for m in all_masks]), y)
+            logits = self.net(x, d, [m[d] for m in all_masks])
+            ce = ce + weight * self.task_loss(d, logits, x, y)
             fractions.append(self.terms.domain(d, [m[d] for m in cost_masks]))
         union = self.terms.shared(union_masks(cost_masks))
         if cfg.budget_control == "dual":
@@ -209,7 +249,7 @@ class Trainer:
         costs = [f.item() for f in fractions]  # the same on every rank: the same scores
         if cfg.budget_control == "dual":
             self.duals.update(costs, union.item() if cfg.sharing == "union" else None)
-        return ce + constraints, {"ce": ce.item(), "cost": max(costs), "union": union.item()}
+        return ce + constraints, {"task": ce.item(), "cost": max(costs), "union": union.item()}
 
     def sgd(self, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.SGD:
         """SGD with the run's momentum and weight decay (stage 1 and recovery)."""
@@ -270,6 +310,10 @@ class Trainer:
             self.run_phase("pretrain", cfg.pretrain_epochs, opt, self.stored_mask_step)
         for p in self.model.shared_parameters():
             p.requires_grad_(False)
+        if self.phase == "bap" and self.step == 0:
+            self.keep_pretrained()  # the model is still exactly stage 1's here, also on resume
+        if cfg.distill_weight > 0 and self.phase in ("bap", "recover"):
+            self.teacher = self.load_pretrained()
         if self.phase == "bap" and self.step == 0 and cfg.score_init_from_bn:
             self.switches.spread_by_importance([b.bn1.weight.detach() for b in self.model.blocks])
         if self.phase == "bap":
@@ -302,7 +346,8 @@ class Trainer:
             self.model, self.data, cfg.bn_recalibration_batches, cfg.batch_size, cfg.seed + 2
         )
         scores = [s.detach().cpu().clone() for s in self.switches.scores]
-        return TrainResult(self.model.cpu().eval(), scores, self.data)
+        model = self.model.to("cpu", memory_format=torch.contiguous_format).eval()
+        return TrainResult(model, scores, self.data)
 
 
 def train(
