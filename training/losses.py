@@ -63,6 +63,21 @@ def sharing_loss(form: str, terms: CostTerms, all_masks: Sequence[Tensor], budge
     raise ValueError(f"unknown sharing form {form!r}")
 
 
+DUAL_REFERENCE_STEPS = 200  # stage-2 runs at least this long take dual_lr as it is
+
+
+def run_length_scale(steps: int) -> float:
+    """What a run of `steps` stage-2 steps multiplies dual_lr by, so that a short run reaches
+    the budget by training too (not by the export's blind cut).
+
+    A multiplier grows by about lr * violation per step and the scores integrate it, so how far
+    the scores move by the end grows with the square of the run's length: a 15-step run on a
+    small folder moved no switch at all. Runs shorter than DUAL_REFERENCE_STEPS therefore step
+    their multipliers (reference / steps)^2 times faster; longer runs are unchanged.
+    """
+    return max(1.0, DUAL_REFERENCE_STEPS / max(steps, 1)) ** 2
+
+
 class DualMultipliers:
     """Lagrange multipliers for the constraints c_d <= budget (each domain) and, with the union
     form, c(union) <= budget; updated by dual ascent after every step.
@@ -73,8 +88,8 @@ class DualMultipliers:
     the cross-entropy needs them per unit of cost, and the cost settles at the budget.
     """
 
-    def __init__(self, num_domains: int, budget: float, lr: float):
-        self.budget, self.lr = budget, lr
+    def __init__(self, num_domains: int, budget: float, lr: float, steps: int):
+        self.budget, self.lr = budget, lr * run_length_scale(steps)
         self.values = torch.zeros(num_domains + 1)  # last entry: the union constraint
 
     def penalty(self, fractions: Sequence[Tensor], union: Tensor | None) -> Tensor:

@@ -124,7 +124,8 @@ class Trainer:
         device = self.ranks.device
         costs = [c.to(device) for c in filter_costs(spec, config.budget_unit)]
         self.terms = CostTerms(spec, config.budget_unit, costs)
-        self.duals = DualMultipliers(len(data), config.budget, config.dual_lr or 0.0)
+        stage2_steps = math.ceil(config.epochs * self.sampler.steps_per_epoch)
+        self.duals = DualMultipliers(len(data), config.budget, config.dual_lr or 0.0, stage2_steps)
         self.scaler = distributed.grad_scaler(device, config.precision)
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
         if config.backbone:  # stage 1 then fine-tunes it, for pretrain_epochs (0 skips it)
