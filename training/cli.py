@@ -5,6 +5,7 @@ every rank (see `distributed`)."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -105,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--out", type=Path, default=Path("docs"), help="where results.md and the plot go"
     )
-    r.add_argument("--work-dir", type=Path, default=Path("runs/report"), help="training runs")
+    r.add_argument(
+        "--work-dir", type=Path, help="training runs (default: a new runs/report-<UTC time>)"
+    )
+    r.add_argument(
+        "--resume", action="store_true", help="continue the report in --work-dir where it stopped"
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
     for name, text in (
@@ -165,7 +171,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     started = time.time()
     config = TrainConfig.load(args.config)
-    report = Report(config, args.work_dir, progress=not args.quiet)
+    if args.resume and args.work_dir is None:
+        raise SystemExit("--resume needs the --work-dir of the report to continue")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    work_dir = args.work_dir or Path("runs") / f"report-{stamp}"
+    if not args.resume and work_dir.exists() and any(work_dir.iterdir()):
+        raise SystemExit(
+            f"{work_dir} holds an earlier report: pass --resume, or another --work-dir"
+        )
+    report = Report(config, work_dir, progress=not args.quiet, resume=args.resume)
     rows = report.run(args.budgets)
     args.out.mkdir(parents=True, exist_ok=True)
     single = single_domain_parameters(report.pretrained.spec)

@@ -77,18 +77,32 @@ def _row(
     )
 
 
+WALL_SECONDS = "wall_seconds"  # beside each run: its training time over every report session
+
+
 class Report:
     """Runs every method of the comparison in `out_dir` (one sub-folder per training run)."""
 
-    def __init__(self, config: TrainConfig, out_dir: Path, progress: bool = True):
+    def __init__(
+        self, config: TrainConfig, out_dir: Path, progress: bool = True, resume: bool = False
+    ):
         self.config, self.out, self.progress = config, Path(out_dir), progress
+        self.resume = resume  # continue (or just reload) the runs an earlier report left here
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = [load_domain(e, config.resize, config.crop) for e in config.domains]
 
     def _train(self, tag: str, config: TrainConfig, data: list[DomainData] | None = None):
+        """One run, resumed where an earlier report stopped it; its wall time (all sessions
+        together) is kept beside it so a resumed report quotes what the run really took."""
+        run_dir = self.out / tag
+        resume = self.resume and (run_dir / "config.json").is_file()
+        clock = run_dir / WALL_SECONDS
+        before = float(clock.read_text()) if resume and clock.is_file() else 0.0
         start = time.perf_counter()
-        result = train(config, self.out / tag, data=data or self.data, progress=self.progress)
-        return result, time.perf_counter() - start
+        result = train(config, run_dir, resume, data=data or self.data, progress=self.progress)
+        seconds = before + time.perf_counter() - start
+        clock.write_text(f"{seconds:.1f}\n")
+        return result, seconds
 
     def pretrain(self) -> Path:
         """Stage 1 once; every method below starts from these weights."""
@@ -200,7 +214,8 @@ def render_markdown(
             "Accuracy in %, on each domain's test split.",
             "",
             "S is the Visual Decathlon score, S = Σ 1000·(max(0, Emax − E)/Emax)², Emax = 2 × the "
-            "error of (1); (1) scores 1000 per domain by construction. 'max domain cost' is the "
+            "error of (1); (1) scores 250 per domain by construction ((1/2)² × 1000). "
+            "'max domain cost' is the "
             "largest realised per-domain cost fraction (the budget guarantee keeps it ≤ β); "
             "'stored model cost' is the fraction of the single-domain cost that the pruned model "
             "still holds (what survives pruning: the union of the domains' filters).",

@@ -8,29 +8,16 @@ from pathlib import Path
 from tests.training.conftest import tiny_config
 
 
+def report(cfg: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = ["report", "--config", str(cfg), "--budgets", "0.5", "--out", str(tmp_path / "docs")]
+    args += ["--work-dir", str(tmp_path / "runs"), "--quiet", *extra]
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True)
+
+
 def test_report_runs_every_method_and_writes_table_and_plot(tmp_path: Path) -> None:
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(tiny_config(pretrain_epochs=4, epochs=3).to_dict()))
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "report",
-            "--config",
-            str(cfg),
-            "--budgets",
-            "0.5",
-            "--out",
-            str(tmp_path / "docs"),
-            "--work-dir",
-            str(tmp_path / "runs"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    run = report(cfg, tmp_path)
     assert run.returncode == 0, run.stderr
     text = (tmp_path / "docs" / "results.md").read_text()
     for method in (
@@ -48,3 +35,13 @@ def test_report_runs_every_method_and_writes_table_and_plot(tmp_path: Path) -> N
     bap = next(line for line in text.splitlines() if line.startswith("| (4) BAP β=0.5"))
     max_cost = float(bap.split("|")[-4])
     assert max_cost <= 0.5
+
+    # a rerun into the same runs is refused unless it resumes; resumed, every run reloads
+    # (finished: nothing retrains) and the table is the same
+    again = report(cfg, tmp_path)
+    assert again.returncode != 0 and "pass --resume" in again.stderr
+    resumed = report(cfg, tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [line for line in text.splitlines() if line.startswith("| (")]
+    new_text = (tmp_path / "docs" / "results.md").read_text()
+    assert rows == [line for line in new_text.splitlines() if line.startswith("| (")]
