@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -104,7 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             executor.shutdown(wait=True)
             log.info("stopped")
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from the fastapi-offline package's own copies:
+    # FastAPI's default pages load them from a CDN, a blank page on an edge box offline.
+    app = FastAPIOffline(
         title="BAP inference server",
         summary="One budget-pruned ResNet serving many image domains",
         lifespan=lifespan,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import httpx
@@ -166,3 +167,19 @@ async def test_not_ready_before_the_model_is_loaded(store: Path) -> None:
         assert r.status_code == 503
         assert r.headers["retry-after"] == "1"
         assert r.json()["error"] == "not_ready"
+
+
+async def test_docs_pages_load_every_asset_from_the_server_itself(store: Path) -> None:
+    """An edge box is offline: /docs and /redoc reference no other host, and each script,
+    style sheet and icon they name is served by the app."""
+    async with serving(store) as client:
+        for page in ("/docs", "/redoc"):
+            html = (await client.get(page)).text
+            assert "http://" not in html and "https://" not in html, page
+            links = re.findall(r"""(?:src|href|url)\s*[=:]\s*["']([^"']+)""", html)
+            assert links and all(u.startswith("/") and not u.startswith("//") for u in links)
+            assets = [u for u in links if u != "/openapi.json"]
+            assert any(a.endswith(".js") for a in assets), page
+            for asset in assets:
+                answer = await client.get(asset)
+                assert answer.status_code == 200 and answer.content, asset
