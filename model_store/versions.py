@@ -17,6 +17,7 @@ from .artifact import ArtifactError, Manifest, read_artifact, write_artifact
 from .network import MultiDomainResNet
 
 CURRENT = "CURRENT"
+PREVIOUS = "PREVIOUS"  # what CURRENT named before its last change
 _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -58,23 +59,49 @@ def current_version(store: Path, name: str) -> str:
     return version
 
 
-def set_current(store: Path, name: str, version: str) -> None:
-    """Point CURRENT at an existing version, atomically."""
-    root = Path(store) / _check_name("model name", name)
-    if not (root / _check_name("version", version)).is_dir():
-        raise ArtifactError(f"{root / version}: no such version")
-    fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=root)
+def _write_pointer(root: Path, filename: str, version: str) -> None:
+    """Replace root/filename by `version`, atomically (temp file, fsync, rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=root)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a server may run as another user
         with os.fdopen(fd, "w") as fh:
             fh.write(version + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, root / CURRENT)
+        os.replace(tmp, root / filename)
         _fsync_dir(root)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def set_current(store: Path, name: str, version: str) -> None:
+    """Point CURRENT at an existing version, atomically; the version it named goes to PREVIOUS
+    (what `rollback` returns to)."""
+    root = Path(store) / _check_name("model name", name)
+    if not (root / _check_name("version", version)).is_dir():
+        raise ArtifactError(f"{root / version}: no such version")
+    try:
+        before: str | None = current_version(store, name)
+    except ArtifactError:
+        before = None  # the first publish, or a broken pointer being repaired
+    if before is not None and before != version:
+        _write_pointer(root, PREVIOUS, before)
+    _write_pointer(root, CURRENT, version)
+
+
+def previous_version(store: Path, name: str) -> str:
+    """The version CURRENT named before the last change (for a rollback)."""
+    pointer = Path(store) / _check_name("model name", name) / PREVIOUS
+    try:
+        version = pointer.read_text().strip()
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"{pointer}: missing; CURRENT has not changed since it was set"
+        ) from None
+    if not _VERSION.match(version):
+        raise ArtifactError(f"{pointer}: holds {version!r}, not a version name like v3")
+    return version
 
 
 def publish_version(
