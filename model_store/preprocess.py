@@ -47,11 +47,12 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         img.load()
     except ImageError:
         raise
-    except (
-        UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own bomb guard fired on the header: the image is too large, not unreadable
+        raise ImageTooLarge(
+            f"image declares too many pixels ({exc}); the limit is {max_pixels}"
+        ) from exc
+    except UnidentifiedImageError as exc:
         raise ImageError(
             f"not a readable image ({exc}); accepted: {', '.join(ACCEPTED_FORMATS)}"
         ) from exc

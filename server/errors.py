@@ -64,7 +64,11 @@ class ReloadRefused(ApiError, status=409, code="reload_refused"):
 
 
 class TooLarge(ApiError, status=413, code="too_large"):
-    """A body over the byte limit, or an image over the pixel limit."""
+    """A body over the byte limit."""
+
+
+class ImageTooLargeError(ApiError, status=413, code="image_too_large"):
+    """An image whose header declares more pixels than allowed (a decompression bomb)."""
 
 
 class UnsupportedMediaType(ApiError, status=415, code="unsupported_media_type"):
@@ -98,7 +102,7 @@ def error_response(exc: ApiError) -> JSONResponse:
 def _translate(exc: Exception) -> ApiError:
     """Errors raised outside this module (model_store, batching, FastAPI) as our typed ones."""
     if isinstance(exc, ImageTooLarge):
-        return TooLarge(str(exc))
+        return ImageTooLargeError(str(exc))
     if isinstance(exc, ImageError):
         return BadImage(str(exc))
     if isinstance(exc, QueueFull):

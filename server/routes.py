@@ -30,7 +30,17 @@ from .schemas import (
     Status,
 )
 
-RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "application/octet-stream")
+# every format the decoder reads (model_store.ACCEPTED_FORMATS), and the common image/jpg alias
+RAW_TYPES = (
+    "image/jpeg",
+    "image/jpg",
+    "image/png",
+    "image/webp",
+    "image/bmp",
+    "image/gif",
+    "image/tiff",
+    "application/octet-stream",
+)
 MULTIPART = "multipart/form-data"
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)

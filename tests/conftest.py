@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -64,3 +66,15 @@ def spec() -> ModelSpec:
 @pytest.fixture
 def masked_model(spec: ModelSpec) -> MultiDomainResNet:
     return randomize(build_model(spec))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none (what a bomb's header says)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")

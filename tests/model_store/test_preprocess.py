@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from model_store import ImageError, ImageTooLarge, decode_image, eval_transform, preprocess_bytes
-from tests.conftest import TINY_PRE
+from tests.conftest import TINY_PRE, png_header
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -76,3 +76,9 @@ def test_pixel_bomb_is_refused_before_decoding() -> None:
     assert len(bomb) < 100_000
     with pytest.raises(ImageTooLarge, match="4000x4000"):
         decode_image(bomb, max_pixels=1_000_000)
+
+
+def test_a_bomb_past_pillows_own_guard_is_too_large_not_unreadable() -> None:
+    """Pillow refuses headers over 2 x MAX_IMAGE_PIXELS itself; that is still 'too large'."""
+    with pytest.raises(ImageTooLarge, match="too many pixels"):
+        decode_image(png_header(20_000, 20_000), max_pixels=10**9)

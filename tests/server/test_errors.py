@@ -14,10 +14,13 @@ import httpx
 import pytest
 
 from server import create_app
+from tests.conftest import png_header
 from tests.server.conftest import TOKEN, image_bytes, metric, running, serving, settings_for
 
 pytestmark = pytest.mark.anyio
 PNG = {"content-type": "image/png"}
+
+
 GOOD = image_bytes(3)
 
 
@@ -68,8 +71,13 @@ CATALOGUE: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], int, str]] 
     "pixel count over the limit": (
         "POST", "/classify?domain=dom0",
         {"content": image_bytes(1, size=(200, 200)), "headers": PNG},
-        {"max_pixels": 10_000}, 413, "too_large",
+        {"max_pixels": 10_000}, 413, "image_too_large",
     ),
+    "a bomb Pillow's own guard stops": (
+        "POST", "/classify?domain=dom0", {"content": png_header(20_000, 20_000), "headers": PNG},
+        {"max_pixels": 10**9}, 413, "image_too_large",
+    ),
+
     "text content type": (
         "POST", "/classify?domain=dom0",
         {"content": GOOD, "headers": {"content-type": "text/plain"}}, {}, 415,

@@ -50,6 +50,9 @@ MODES = {
         ("JPEG", "image/jpeg"),
         ("WEBP", "image/webp"),
         ("BMP", "image/bmp"),
+        ("GIF", "image/gif"),
+        ("TIFF", "image/tiff"),
+        ("JPEG", "image/jpg"),  # not registered, but what many clients send
         ("PNG", "application/octet-stream"),
     ],
 )
