@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import Request
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BatchingPolicy = Literal["per-domain", "mixed", "auto"]
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description=f"enables POST /admin/reload; {MIN_TOKEN_LENGTH}+ characters"
     )
+    admin_token_file: Path | None = Field(
+        None, description="read the admin token from this file (not visible in `ps`)"
+    )
     log_level: LogLevel = Field("info", description="log level")
     batching: BatchingPolicy = Field(
         "auto", description="per-domain, mixed (one pass across domains) or auto (see batching.py)"
@@ -65,6 +68,21 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: object) -> object:
         # Compose files pass `BAP_ADMIN_TOKEN=${BAP_ADMIN_TOKEN:-}`: empty means "not configured".
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> Settings:
+        if self.admin_token_file is None:
+            return self
+        if self.admin_token is not None:
+            raise ValueError("give the admin token or its file (admin_token_file), not both")
+        try:
+            token = self.admin_token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"admin_token_file: cannot read {self.admin_token_file} ({exc})"
+            ) from exc
+        self.admin_token = self._token_long_enough(SecretStr(token)) if token else None
+        return self
 
     @field_validator("admin_token")
     @classmethod

@@ -84,3 +84,22 @@ def test_empty_token_means_admin_disabled(monkeypatch: pytest.MonkeyPatch) -> No
 def test_unknown_settings_are_refused() -> None:
     with pytest.raises(ValidationError):
         Settings(max_batch=3)  # type: ignore[call-arg]
+
+
+def test_the_admin_token_can_come_from_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A flag shows in `ps`; a mounted secret file does not. One source only."""
+    token = "t" * 24
+    secret = tmp_path / "token"
+    secret.write_text(token + "\n")
+    monkeypatch.setenv("BAP_ADMIN_TOKEN_FILE", str(secret))
+    assert Settings().admin_token.get_secret_value() == token  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="not both"):
+        Settings(admin_token=token)
+    secret.write_text("short")
+    with pytest.raises(ValueError, match="at least"):
+        Settings()
+    monkeypatch.setenv("BAP_ADMIN_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="cannot read"):
+        Settings()
