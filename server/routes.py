@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
+from torch import Tensor
 
 from model_store import ImageError
 
@@ -96,11 +97,25 @@ class ClassifyCall:
                 raise BadParameters("send exactly one `file` part; /classify/batch takes several")
             return [(p.filename, await p.read()) for p in parts]  # type: ignore[union-attr]
 
-    async def predict(self, data: bytes) -> list[Prediction]:
-        """Decode off the event loop, then wait for this image's own result from its batch."""
-        x = await anyio.to_thread.run_sync(
-            decode, self.served, self.domain, data, self.settings.max_pixels
-        )
+    async def decode(self, images: list[tuple[str | None, bytes]], many: bool) -> list[Tensor]:
+        """Every image decoded in order, off the event loop in one thread hop; the first bad
+        one stops the rest (nothing is decoded or run after it), named by its part if many."""
+
+        def decode_all() -> list[Tensor]:
+            out = []
+            for i, (filename, data) in enumerate(images):
+                try:
+                    out.append(decode(self.served, self.domain, data, self.settings.max_pixels))
+                except ImageError as exc:  # keep the type (400 or 413)
+                    if not many:
+                        raise
+                    raise type(exc)(f"file part {i} ({filename}): {exc}") from exc
+            return out
+
+        return await anyio.to_thread.run_sync(decode_all)
+
+    async def predict(self, x: Tensor) -> list[Prediction]:
+        """Wait for this image's own result from its batch."""
         probs = await self.batcher.submit(self.served, self.domain, x)
         return encode(self.served, self.domain, probs, self.top_k)
 
@@ -127,8 +142,8 @@ Call = Annotated[ClassifyCall, Depends(classify_call)]
 )
 async def classify(call: Call) -> ClassifyResponse:
     """Classify one image (raw body or one multipart `file`) with one domain's head."""
-    [(_, data)] = await call.images(many=False)
-    predictions = await call.predict(data)
+    [x] = await call.decode(await call.images(many=False), many=False)
+    predictions = await call.predict(x)
     return ClassifyResponse(
         domain=call.domain, model_version=call.served.version, predictions=predictions
     )
@@ -140,14 +155,14 @@ async def classify(call: Call) -> ClassifyResponse:
 async def classify_batch(call: Call) -> BatchResponse:
     """Classify several `file` parts of one domain; one result per part, in order."""
 
-    async def one(i: int, filename: str | None, data: bytes) -> BatchItem:
-        try:
-            return BatchItem(filename=filename, predictions=await call.predict(data))
-        except ImageError as exc:  # keep the type (400 or 413), say which part
-            raise type(exc)(f"file part {i} ({filename}): {exc}") from exc
+    async def one(filename: str | None, x: Tensor) -> BatchItem:
+        return BatchItem(filename=filename, predictions=await call.predict(x))
 
     images = await call.images(many=True)
-    results = await asyncio.gather(*(one(i, name, data) for i, (name, data) in enumerate(images)))
+    decoded = await call.decode(images, many=True)  # all of them, before any is queued
+    results = await asyncio.gather(
+        *(one(name, x) for (name, _), x in zip(images, decoded, strict=True))
+    )
     return BatchResponse(domain=call.domain, model_version=call.served.version, results=results)
 
 

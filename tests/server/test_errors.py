@@ -154,11 +154,19 @@ async def test_unknown_domain_lists_the_known_ones(store: Path) -> None:
     assert "dom0, dom1, dom2" in r.json()["detail"]
 
 
-async def test_bad_part_in_a_batch_is_named(store: Path) -> None:
-    files = [("file", ("ok.png", GOOD)), ("file", ("bad.png", b"junk"))]
+async def test_bad_part_in_a_batch_is_named_and_nothing_runs(store: Path) -> None:
+    """The first bad part stops the request: no part before or after it reaches a batch."""
+    files = [
+        ("file", ("ok.png", GOOD)),
+        ("file", ("bad.png", b"junk")),
+        ("file", ("ok2.png", GOOD)),
+    ]
     async with serving(store) as client:
         r = await client.post("/classify/batch", params={"domain": "dom0"}, files=files)
-    assert "file part 1 (bad.png)" in r.json()["detail"]
+        metrics = (await client.get("/metrics")).text
+    assert r.status_code == 400 and "file part 1 (bad.png)" in r.json()["detail"]
+    assert "ok2" not in r.json()["detail"]
+    assert metric(metrics, "bap_batch_size_count", domain="dom0") == 0  # no batch ran
 
 
 async def test_full_queue_answers_503_with_retry_after(store: Path) -> None:
