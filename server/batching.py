@@ -23,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+log = logging.getLogger(__name__)
 
 RunPath = Literal["domain", "mixed"]
 POLICIES = ("per-domain", "mixed", "auto")
@@ -40,6 +43,10 @@ class QueueFull(Exception):
     def __init__(self, domain: str, limit: int):
         super().__init__(f"the queue for domain {domain!r} is full ({limit} images waiting)")
         self.domain = domain
+
+
+class BatcherDied(Exception):
+    """The batching loop itself failed: nothing queued can run until the process restarts."""
 
 
 class BatcherClosed(Exception):
@@ -105,6 +112,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None  # why the loop stopped, if it died
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="bap-batcher")
@@ -118,6 +126,8 @@ class Batcher:
 
     async def submit(self, lane: Hashable, domain: str, payload: Any) -> Any:
         """Queue one item and wait for its own result."""
+        if self.failure is not None:
+            raise BatcherDied(f"the batcher stopped ({self.failure!r}); the server needs a restart")
         if self._closing:
             raise BatcherClosed("the server is shutting down")
         queue = self._queues.setdefault((lane, domain), deque())
@@ -131,12 +141,32 @@ class Batcher:
         return await item.future
 
     def _notify_queued(self, domain: str, delta: int) -> None:
-        if self._observer is not None:
-            self._observer.queued(domain, delta)
+        self._observe("queued", domain, delta)
+
+    def _observe(self, event: str, *args: Any) -> None:
+        """Tell the observer (metrics); its failure is logged, never the loop's."""
+        if self._observer is None:
+            return
+        try:
+            getattr(self._observer, event)(*args)
+        except Exception:
+            log.exception("batch observer failed on %s; serving goes on", event)
 
     async def _loop(self) -> None:
-        while (batch := await self._next_batch()) is not None:
-            await self._execute(*batch)
+        items: list[_Item] = []
+        try:
+            while (batch := await self._next_batch()) is not None:
+                path, items = batch
+                await self._execute(path, items)
+                items = []
+        except Exception as exc:  # a bug in batching itself: fail loudly, never hang
+            log.exception("batching loop died")
+            self.failure = exc
+            died = BatcherDied(f"the batcher stopped ({exc!r}); the server needs a restart")
+            for item in [*items, *(i for q in self._queues.values() for i in q)]:
+                if not item.future.done():
+                    item.future.set_exception(died)
+            self._queues.clear()
 
     async def _next_batch(self) -> tuple[RunPath, list[_Item]] | None:
         while True:
@@ -215,8 +245,7 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        if self._observer is not None:
-            self._observer.ran(batch, time.monotonic() - started)
+        self._observe("ran", batch, time.monotonic() - started)
         for item, result in zip(items, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         description="auto batching: a domain with this many images waiting runs alone "
         "(default: max batch size)",
     )
+    result_timeout_s: float = Field(
+        30.0, gt=0, description="the longest a request waits for its image's result (503)"
+    )
     drain_seconds: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )

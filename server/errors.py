@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from model_store import ImageError, ImageTooLarge
 
-from .batching import BatcherClosed, QueueFull
+from .batching import BatcherClosed, BatcherDied, QueueFull
 from .holder import CandidateRefused
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,14 @@ class Overloaded(Unavailable, code="queue_full"):
     """The domain's queue is full."""
 
 
+class BatcherDown(Unavailable, code="batcher_down"):
+    """The batching loop died; /readyz says so too, so an orchestrator restarts the process."""
+
+
+class ResultTimeout(Unavailable, code="result_timeout"):
+    """An image waited longer than the configured limit for its result."""
+
+
 def error_response(exc: ApiError) -> JSONResponse:
     body = {"error": exc.code, "detail": exc.detail}
     return JSONResponse(body, status_code=exc.status, headers=exc.headers)
@@ -107,6 +115,8 @@ def _translate(exc: Exception) -> ApiError:
         return BadImage(str(exc))
     if isinstance(exc, QueueFull):
         return Overloaded(f"{exc}; retry after {RETRY_AFTER_SECONDS} s")
+    if isinstance(exc, BatcherDied):
+        return BatcherDown(str(exc))
     if isinstance(exc, BatcherClosed):
         return NotReady(str(exc))
     if isinstance(exc, CandidateRefused):
@@ -141,6 +151,7 @@ def install(app: FastAPI) -> None:
         ImageError,
         QueueFull,
         BatcherClosed,
+        BatcherDied,
         CandidateRefused,
         ClientDisconnect,
         RequestValidationError,

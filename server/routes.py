@@ -16,7 +16,7 @@ from model_store import ImageError
 from .batching import Batcher
 from .config import Settings
 from .deps import AdminDep, BatcherDep, HolderDep, ServedDep, SettingsDep
-from .errors import BadParameters, UnknownDomain, UnsupportedMediaType
+from .errors import BadParameters, BatcherDown, ResultTimeout, UnknownDomain, UnsupportedMediaType
 from .runner import Served, decode, encode
 from .schemas import (
     BatchItem,
@@ -116,7 +116,13 @@ class ClassifyCall:
 
     async def predict(self, x: Tensor) -> list[Prediction]:
         """Wait for this image's own result from its batch."""
-        probs = await self.batcher.submit(self.served, self.domain, x)
+        try:
+            async with asyncio.timeout(self.settings.result_timeout_s):
+                probs = await self.batcher.submit(self.served, self.domain, x)
+        except TimeoutError:
+            raise ResultTimeout(
+                f"no result within {self.settings.result_timeout_s} s (result_timeout_s)"
+            ) from None
         return encode(self.served, self.domain, probs, self.top_k)
 
 
@@ -191,8 +197,11 @@ async def healthz() -> Status:
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": ErrorBody}})
-async def readyz(served: ServedDep) -> Ready:
-    """200 only once a version is loaded, verified and warmed, and until draining starts."""
+async def readyz(served: ServedDep, batcher: BatcherDep) -> Ready:
+    """200 only once a version is loaded, verified and warmed, while the batcher runs, and
+    until draining starts."""
+    if batcher.failure is not None:
+        raise BatcherDown(f"the batcher stopped ({batcher.failure!r}); restart the server")
     return Ready(status="ready", model=served.manifest.name, version=served.version)
 
 
