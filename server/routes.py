@@ -61,7 +61,17 @@ IMAGE_BODY = {
     }
 }
 FORM_BODY = {
-    "requestBody": {"required": True, "content": _form({"type": "array", "items": _BINARY})}
+    "requestBody": {
+        "required": True,
+        "content": _form(
+            {
+                "type": "array",
+                "items": _BINARY,
+                "minItems": 1,
+                "description": "one `file` part per image, at most max_queue (BAP_MAX_QUEUE)",
+            }
+        ),
+    }
 }
 
 router = APIRouter()

@@ -150,6 +150,9 @@ async def test_health_ready_docs_and_metrics(store: Path) -> None:
     assert ready.json() == {"status": "ready", "model": "tiny", "version": "v1"}
     assert docs.status_code == 200
     assert {"/classify", "/classify/batch", "/domains", "/readyz"} <= set(schema["paths"])
+    form = schema["paths"]["/classify/batch"]["post"]["requestBody"]["content"]
+    parts = form["multipart/form-data"]["schema"]["properties"]["file"]
+    assert parts["type"] == "array" and parts["minItems"] == 1  # at least one `file` part
     assert metrics.status_code == 200 and "bap_model_info" in metrics.text
 
 
