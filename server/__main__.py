@@ -13,10 +13,11 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from model_store import ArtifactError, load_version
+from model_store import ArtifactError
 
 from .app import create_app
 from .config import Settings
+from .runner import Served, setup
 
 log = logging.getLogger("server")
 
@@ -48,15 +49,12 @@ def load_settings(argv: list[str] | None = None) -> Settings:
         sys.exit(f"bap-serve: invalid settings: {problems}")
 
 
-def check_model(settings: Settings) -> None:
-    """Fail before starting uvicorn if there is no good model to serve, naming the fix.
-
-    The app verifies the version again as it loads it; this early check only turns the common
-    mistakes (no store, no CURRENT, a damaged version) into one line instead of a traceback.
-    """
+def load_model(settings: Settings) -> Served:
+    """Load, verify and warm the version to serve, once, before uvicorn starts; if there is
+    no good one, exit with one line naming the fix instead of a traceback."""
     try:
-        load_version(settings.store, settings.model)
-    except (ArtifactError, ValueError) as exc:
+        return setup(settings.store, settings.model)
+    except (ArtifactError, OSError, ValueError) as exc:
         sys.exit(
             f"bap-serve: cannot serve model {settings.model!r} from store {settings.store}: {exc}\n"
             "Fix: build the bundled model with `make embedded`, or point --store / BAP_STORE and "
@@ -71,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    check_model(settings)
+    served = load_model(settings)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, preloaded=served),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

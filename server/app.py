@@ -28,7 +28,7 @@ from .config import Settings
 from .holder import CandidateRefused, ModelHolder
 from .metrics import Metrics
 from .middleware import BodyLimit, RequestMetrics
-from .runner import configure_threads, predict
+from .runner import Served, configure_threads, predict
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,9 @@ def _reload_on_sighup(holder: ModelHolder) -> Iterator[None]:
         loop.remove_signal_handler(signal.SIGHUP)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A ready-to-serve app; nothing is loaded until its lifespan starts."""
+def create_app(settings: Settings | None = None, preloaded: Served | None = None) -> FastAPI:
+    """A ready-to-serve app; its lifespan loads CURRENT, or serves `preloaded` (the version
+    the CLI already loaded, verified and warmed, so start-up reads the weights once)."""
     settings = settings or Settings()
     metrics = Metrics()
     holder = ModelHolder(settings.store, settings.model, metrics)
@@ -93,7 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             observer=metrics,
         )
         try:
-            await holder.reload()
+            if preloaded is not None:
+                await holder.adopt(preloaded)
+            else:
+                await holder.reload()
             batcher.start()
             app.state.batcher = batcher
             log.info("ready model=%s batching=%s", settings.model, settings.batching)

@@ -51,14 +51,22 @@ class ModelHolder:
                 )
                 kept = f"; still serving {self.current.version}" if self.current else ""
                 raise CandidateRefused(f"{exc}{kept}") from exc
-            previous, self.current = self.current, candidate
-            self._metrics.model_loaded(candidate)
-            self._metrics.reloads.labels("loaded").inc()
-            log.info(
-                "model_loaded name=%s version=%s previous=%s seconds=%.3f",
-                self.name,
-                candidate.version,
-                previous.version if previous else None,
-                candidate.load_seconds,
-            )
-            return previous, candidate
+            return self._install(candidate)
+
+    async def adopt(self, candidate: Served) -> None:
+        """Serve a version already loaded, verified and warmed (by `setup`, before start-up)."""
+        async with self._lock:
+            self._install(candidate)
+
+    def _install(self, candidate: Served) -> tuple[Served | None, Served]:
+        previous, self.current = self.current, candidate
+        self._metrics.model_loaded(candidate)
+        self._metrics.reloads.labels("loaded").inc()
+        log.info(
+            "model_loaded name=%s version=%s previous=%s seconds=%.3f",
+            self.name,
+            candidate.version,
+            previous.version if previous else None,
+            candidate.load_seconds,
+        )
+        return previous, candidate

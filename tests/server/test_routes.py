@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server import create_app
+from server import create_app, runner
+from server.__main__ import load_model
 from tests.server.conftest import (
     DOMAINS,
     Reference,
     assert_matches,
     image_bytes,
+    running,
     serving,
     settings_for,
 )
@@ -189,3 +191,17 @@ async def test_docs_pages_load_every_asset_from_the_server_itself(store: Path) -
             for asset in assets:
                 answer = await client.get(asset)
                 assert answer.status_code == 200 and answer.content, asset
+
+
+async def test_start_up_loads_the_model_once(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bap-serve` loads, verifies and warms the version before uvicorn starts (so a bad one
+    is one line, not a traceback) and the app serves that same object: one read of the weights."""
+    loads = []
+    real = runner.load_version
+    monkeypatch.setattr(runner, "load_version", lambda *a: loads.append(a) or real(*a))
+    settings = settings_for(store)
+    served = load_model(settings)
+    async with running(create_app(settings, preloaded=served)) as client:
+        ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["version"] == "v1"
+    assert len(loads) == 1
