@@ -45,18 +45,24 @@ def list_versions(store: Path, name: str) -> list[str]:
     return [v for _, v in sorted(found)]
 
 
-def current_version(store: Path, name: str) -> str:
-    """The version CURRENT names; an error that says how to fix a missing pointer."""
-    pointer = Path(store) / _check_name("model name", name) / CURRENT
+def _read_pointer(store: Path, name: str, filename: str, missing: str) -> str:
+    """The version a pointer file (CURRENT, PREVIOUS) names; `missing` says how to fix its
+    absence."""
+    pointer = Path(store) / _check_name("model name", name) / filename
     try:
         version = pointer.read_text().strip()
     except FileNotFoundError:
-        raise ArtifactError(
-            f"{pointer}: missing; publish a version first (python -m training train ...)"
-        ) from None
+        raise ArtifactError(f"{pointer}: missing; {missing}") from None
     if not _VERSION.match(version):
         raise ArtifactError(f"{pointer}: holds {version!r}, not a version name like v3")
     return version
+
+
+def current_version(store: Path, name: str) -> str:
+    """The version CURRENT names; an error that says how to fix a missing pointer."""
+    return _read_pointer(
+        store, name, CURRENT, "publish a version first (python -m training train ...)"
+    )
 
 
 def _write_pointer(root: Path, filename: str, version: str) -> None:
@@ -92,16 +98,7 @@ def set_current(store: Path, name: str, version: str) -> None:
 
 def previous_version(store: Path, name: str) -> str:
     """The version CURRENT named before the last change (for a rollback)."""
-    pointer = Path(store) / _check_name("model name", name) / PREVIOUS
-    try:
-        version = pointer.read_text().strip()
-    except FileNotFoundError:
-        raise ArtifactError(
-            f"{pointer}: missing; CURRENT has not changed since it was set"
-        ) from None
-    if not _VERSION.match(version):
-        raise ArtifactError(f"{pointer}: holds {version!r}, not a version name like v3")
-    return version
+    return _read_pointer(store, name, PREVIOUS, "CURRENT has not changed since it was set")
 
 
 def publish_version(

@@ -126,8 +126,8 @@ class Batcher:
 
     async def submit(self, lane: Hashable, domain: str, payload: Any) -> Any:
         """Queue one item and wait for its own result."""
-        if self.failure is not None:
-            raise BatcherDied(f"the batcher stopped ({self.failure!r}); the server needs a restart")
+        if (died := self.death()) is not None:
+            raise died
         if self._closing:
             raise BatcherClosed("the server is shutting down")
         queue = self._queues.setdefault((lane, domain), deque())
@@ -139,6 +139,12 @@ class Batcher:
         self._notify_queued(domain, 1)
         self._wake.set()
         return await item.future
+
+    def death(self) -> BatcherDied | None:
+        """What every request hears once the loop has died (None while it runs)."""
+        if self.failure is None:
+            return None
+        return BatcherDied(f"the batcher stopped ({self.failure!r}); the server needs a restart")
 
     def _notify_queued(self, domain: str, delta: int) -> None:
         self._observe("queued", domain, delta)
@@ -162,7 +168,7 @@ class Batcher:
         except Exception as exc:  # a bug in batching itself: fail loudly, never hang
             log.exception("batching loop died")
             self.failure = exc
-            died = BatcherDied(f"the batcher stopped ({exc!r}); the server needs a restart")
+            died = self.death()
             for item in [*items, *(i for q in self._queues.values() for i in q)]:
                 if not item.future.done():
                     item.future.set_exception(died)

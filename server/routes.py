@@ -210,8 +210,8 @@ async def healthz() -> Status:
 async def readyz(served: ServedDep, batcher: BatcherDep) -> Ready:
     """200 only once a version is loaded, verified and warmed, while the batcher runs, and
     until draining starts."""
-    if batcher.failure is not None:
-        raise BatcherDown(f"the batcher stopped ({batcher.failure!r}); restart the server")
+    if (died := batcher.death()) is not None:
+        raise BatcherDown(str(died))
     return Ready(status="ready", model=served.manifest.name, version=served.version)
 
 

@@ -83,8 +83,16 @@ def save_checkpoint(
         for name, t in tensors.items()
     }
     path = run_dir / CHECKPOINT
+    save_atomically(path, flat, metadata={"meta": json.dumps(meta, sort_keys=True)})
+
+
+def save_atomically(
+    path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file under a temp name, fsync, rename: a reader (or a resumed run)
+    sees the old file or the whole new one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(flat, str(tmp), metadata={"meta": json.dumps(meta, sort_keys=True)})
+    save_file(tensors, str(tmp), metadata=metadata)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -17,8 +17,8 @@ SHARING_FORMS = ("union", "intersection", "jaccard", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What a resumed run may change: neither touches what it has learned or will learn.
 RESUME_SAFE = ("name", "threads")
+DISTILL_TEMPERATURE = 2.0  # T when distill_weight > 0 and none is given
 # Defaults of the knobs only one budget-control mode or sharing form reads.
-DISTILL_TEMPERATURE = 2.0
 MODE_DEFAULTS = {"dual_lr": 0.5, "budget_weight": 5.0, "sharing_weight": 5.0, "sharing_warmup": 0.3}
 
 

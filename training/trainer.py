@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -39,6 +39,7 @@ from .checkpoint import (
     load_optimizer_tensors,
     load_scaler_tensors,
     optimizer_tensors,
+    save_atomically,
     save_checkpoint,
     scaler_tensors,
 )
@@ -181,9 +182,7 @@ class Trainer:
         teacher, and a backbone later runs can start from (`backbone=`)."""
         if self.ranks.main:
             tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            tmp = self.run_dir / f".{PRETRAINED}.tmp"
-            save_file(tensors, str(tmp))
-            tmp.replace(self.run_dir / PRETRAINED)
+            save_atomically(self.run_dir / PRETRAINED, tensors)
         self.ranks.barrier()
 
     def load_pretrained(self) -> MultiDomainResNet:
@@ -212,7 +211,8 @@ class Trainer:
         ce = F.cross_entropy(logits, y)
         if self.teacher is None:
             return ce
-        a, t = self.config.distill_weight, self.config.distill_temperature or 1.0
+        a, t = self.config.distill_weight, self.config.distill_temperature
+        assert t is not None  # TrainConfig fills it whenever distill_weight > 0
         with torch.no_grad():
             target = F.log_softmax(self.teacher(x, d).float() / t, dim=1)
         student = F.log_softmax(logits.float() / t, dim=1)
