@@ -97,6 +97,9 @@ class TrainConfig:
     # outputs (same convs, stage-1 BN and heads); 0 trains on the labels alone
     distill_weight: float = 0.0  # alpha in (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)
     distill_temperature: float | None = None  # T; read only when distill_weight > 0 (default 2)
+    # fill_to_budget: each domain takes back, within the union, the filters dual ascent dropped
+    # below its budget (highest score first) before recovery; see training/recovery.py
+    fill_to_budget: bool = True
     recovery_epochs: float = 0.5
     recovery_lr: float = 0.01
     bn_recalibration_batches: int = 50  # per domain; 0 keeps the statistics training left

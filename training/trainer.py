@@ -46,7 +46,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import DomainData, RoundRobin, train_batch
 from .losses import CostTerms, DualMultipliers, budget_loss, sharing_loss, union_masks
-from .recovery import recalibrate_bn
+from .recovery import fill_to_budget, recalibrate_bn
 from .sources import load_domain
 from .switches import Switches
 
@@ -338,6 +338,8 @@ class Trainer:
             )
             self.run_phase("bap", cfg.epochs, opt, self.bap_step)
         self.freeze_masks()  # stage 2 is over (phase recover or done): the masks are final
+        if cfg.fill_to_budget:  # deterministic, so a resumed run gets the same masks again
+            fill_to_budget(self.model, list(self.switches.scores), cfg.budget, cfg.budget_unit)
         if self.phase == "recover":
             self.net = self.ranks.replicate(self.model)
             opt = self.sgd(self.model.domain_parameters(), cfg.recovery_lr)

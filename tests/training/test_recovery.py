@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from model_store import DomainBatchNorm
+from model_store import DomainBatchNorm, baseline_cost, cost_fraction, filter_costs
 from tests.training.conftest import tiny_config
 from training.recovery import recalibrate_bn
 from training.trainer import train
@@ -58,3 +58,31 @@ def test_recalibration_is_deterministic(tmp_path: Path) -> None:
     once = [b.clone() for b in result.model.buffers()]
     recalibrate_bn(result.model, result.data, 2, 16, seed=1)
     assert all(torch.equal(x, y) for x, y in zip(once, result.model.buffers(), strict=True))
+
+
+def _costs(model) -> list[float]:
+    spec = model.spec
+    return [
+        cost_fraction(spec, "macs", d, [b.masks[d] for b in model.blocks]).item()
+        for d in range(len(spec.domains))
+    ]
+
+
+def test_fill_to_budget_hands_back_the_dropped_union_filters(tmp_path: Path) -> None:
+    kept = _run(tmp_path, "f0", fill_to_budget=False, budget=0.5)
+    filled = _run(tmp_path, "f1", fill_to_budget=True, budget=0.5)
+    before, after = _costs(kept.model), _costs(filled.model)
+    assert all(a <= 0.5 + 1e-9 for a in after)
+    assert all(a >= b for a, b in zip(after, before, strict=True))
+    assert any(a > b for a, b in zip(after, before, strict=True))
+    union = [b.masks.amax(0) for b in kept.model.blocks]
+    assert all(  # the union, and so the pruned model, does not grow
+        torch.equal(b.masks.amax(0), u) for b, u in zip(filled.model.blocks, union, strict=True)
+    )
+    # maximal: no dropped union filter of any domain still fits in what its budget leaves
+    spec, costs = filled.model.spec, filter_costs(filled.model.spec, "macs")
+    for d, cost in enumerate(after):
+        room = (0.5 - cost) * baseline_cost(spec, "macs", d)
+        for b, block in enumerate(filled.model.blocks):
+            dropped = (union[b] > 0) & (block.masks[d] == 0)
+            assert not dropped.any() or costs[b][dropped].min() > room
