@@ -111,12 +111,23 @@ def cmd_gc(store: Path, name: str, args: argparse.Namespace) -> str:
     return f"{name}: removed {doomed or 'nothing'}; kept {kept}"
 
 
+def cmd_export_graphs(store: Path, name: str, args: argparse.Namespace) -> str:
+    from .graphs import add_graphs  # imports the ONNX exporter only for this command
+
+    folder = version_path(store, name, args.version)
+    manifest = add_graphs(folder)
+    graphs = sorted(k for k in manifest.files if k.endswith(".onnx"))
+    size = sum(manifest.files[k]["bytes"] for k in graphs)
+    return f"{folder}: {len(graphs)} graphs ({size / 1e6:.2f} MB) added to the manifest"
+
+
 COMMANDS = {
     "list": cmd_list,
     "verify": cmd_verify,
     "set-current": cmd_set_current,
     "rollback": cmd_rollback,
     "gc": cmd_gc,
+    "export-graphs": cmd_export_graphs,
 }
 
 
@@ -149,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("gc", help="delete old versions").add_argument(
         "--keep", type=int, required=True, help="newest versions to keep"
     )
+    sub.add_parser(
+        "export-graphs", help="add ONNX graphs (every domain, mixed) to a version"
+    ).add_argument("version", nargs="?", help="default: CURRENT")
     return p
 
 

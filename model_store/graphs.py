@@ -1,0 +1,127 @@
+"""Compiled inference graphs (ONNX) of a stored version, for runtimes without torch.
+
+Two kinds, both with a dynamic batch dimension:
+- `graphs/domains/<domain>.onnx`: that domain's own view (only its active filters, the all-ones mask
+  gone): input `x` (N, 3, H, W) float32, output `logits` (N, classes).
+- `graphs/mixed.onnx`: the pruned union network for batches that mix domains: inputs `x` and
+  `domains` (N,) int64, output `logits` (N, sum of every domain's classes), every head applied
+  to every image; image i's logits are the columns of domain `domains[i]` (see `head_columns`).
+  Computing all heads costs one small matrix product and keeps the graph free of control flow.
+
+The files go into the version folder and the manifest's `files`, so they are verified by the
+same SHA-256 check as the weights. Exported with torch's TorchScript-based ONNX exporter in eval
+mode (BN then uses the running statistics; ONNX Runtime folds it into the convs at load).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .artifact import MANIFEST, Manifest, read_artifact, sha256_file
+from .layers import MixedRoute
+from .network import MultiDomainResNet
+from .onnx_runtime import GRAPH_DIR, MIXED_KEY, domain_key
+from .slicing import domain_view
+
+OPSET = 17
+
+
+def head_columns(class_counts: list[int]) -> list[tuple[int, int]]:
+    """Per domain, the [start, stop) columns of its logits in the mixed graph's output."""
+    out, start = [], 0
+    for count in class_counts:
+        out.append((start, start + count))
+        start += count
+    return out
+
+
+class _DomainGraph(nn.Module):
+    def __init__(self, view: MultiDomainResNet):
+        super().__init__()
+        self.view = view
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.view(x, 0)
+
+
+class _AllHeads(MixedRoute):
+    """A mixed route whose head applies every domain's head to every image (no control flow)."""
+
+    def head(self, heads: nn.ModuleList, features: Tensor) -> Tensor:  # type: ignore[override]
+        return torch.cat([h(features) for h in heads], dim=1)
+
+
+class _MixedGraph(nn.Module):
+    def __init__(self, model: MultiDomainResNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, domains: Tensor) -> Tensor:
+        return self.model.run(x, _AllHeads(domains))  # type: ignore[return-value]
+
+
+def _onnx_bytes(module: nn.Module, inputs: tuple[Tensor, ...], names: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    axes = {n: {0: "batch"} for n in [*names, "logits"]}
+    with warnings.catch_warnings():  # the exporter's deprecation and tracer notes: not ours
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            inputs,
+            buffer,
+            dynamo=False,
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+        )
+    return buffer.getvalue()
+
+
+@torch.no_grad()
+def export_graphs(model: MultiDomainResNet, folder: Path) -> list[str]:
+    """Write every domain's graph and the mixed graph under folder/graphs; returns their
+    manifest keys. `model` is the stored (pruned, eval) network of the version."""
+    model = model.eval()
+    side = model.spec.input_size
+    (Path(folder) / GRAPH_DIR / "domains").mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, 3, side, side)
+    graphs = {
+        domain_key(name): _onnx_bytes(_DomainGraph(domain_view(model, d)), (example,), ["x"])
+        for d, name in enumerate(model.spec.domain_names)
+    }
+    mixed_inputs = (example, torch.zeros(2, dtype=torch.long))
+    graphs[MIXED_KEY] = _onnx_bytes(_MixedGraph(model), mixed_inputs, ["x", "domains"])
+    for key, data in graphs.items():
+        path = Path(folder) / key
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        path.chmod(0o644)
+    return list(graphs)
+
+
+def add_graphs(folder: Path) -> Manifest:
+    """Export the graphs of an existing, verified version into its folder and list them (size,
+    SHA-256) in its manifest, which is replaced atomically. The one change a published version
+    accepts: it adds files and alters none of the ones already listed."""
+    folder = Path(folder)
+    manifest, model = read_artifact(folder)
+    for key in export_graphs(model, folder):
+        path = folder / key
+        manifest.files[key] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    tmp = folder / f".{MANIFEST}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(manifest.to_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.chmod(0o644)
+    os.replace(tmp, folder / MANIFEST)
+    return manifest

@@ -1,0 +1,64 @@
+"""Run a version's exported graphs (see graphs.py) in ONNX Runtime: numpy in, logits out.
+
+The sessions are built from the verified files of the version folder; each session runs
+with `threads` intra-op threads (None: ONNX Runtime's default, one per core) and sequential
+execution, since the server runs one batch at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .artifact import ArtifactError, Manifest
+
+GRAPH_DIR = "graphs"
+
+
+MIXED_KEY = f"{GRAPH_DIR}/mixed.onnx"
+
+
+def domain_key(domain: str) -> str:
+    """The manifest key (path in the version folder) of one domain's graph."""
+    return f"{GRAPH_DIR}/domains/{domain}.onnx"
+
+
+class OnnxGraphs:
+    """One session per domain's own view and one for the mixed union network."""
+
+    def __init__(self, folder: Path, manifest: Manifest, threads: int | None = None):
+        names = manifest.spec.domain_names
+        missing = [k for k in [*map(domain_key, names), MIXED_KEY] if k not in manifest.files]
+        if missing:
+            raise ArtifactError(
+                f"{folder}: no compiled graphs {missing} in the manifest; export them with "
+                f"`python -m model_store export-graphs {manifest.version}`"
+            )
+        options = ort.SessionOptions()
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+        def session(key: str) -> ort.InferenceSession:
+            return ort.InferenceSession(
+                str(Path(folder) / key), options, providers=["CPUExecutionProvider"]
+            )
+
+        self.domains = {name: session(domain_key(name)) for name in names}
+        self.mixed = session(MIXED_KEY)
+        counts = [len(d.labels) for d in manifest.spec.domains]
+        self.columns = np.cumsum([0, *counts])
+        self.index = {name: i for i, name in enumerate(names)}
+
+    def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:
+        """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32."""
+        return self.domains[domain].run(None, {"x": x})[0]
+
+    def run_mixed(self, domains: list[str], x: np.ndarray) -> list[np.ndarray]:
+        """Image i through domain `domains[i]`: one logits vector per image."""
+        idx = np.array([self.index[d] for d in domains], dtype=np.int64)
+        every_head = self.mixed.run(None, {"x": x, "domains": idx})[0]
+        return [every_head[row, self.columns[i] : self.columns[i + 1]] for row, i in enumerate(idx)]

@@ -1,0 +1,84 @@
+"""The compiled graphs give the masked unpruned network's outputs for every domain, batch size
+and mixed batch (fp32, within 1e-4), and are verified like the weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_store import ArtifactError, prune_to_union, publish_version, read_artifact
+from model_store.graphs import add_graphs
+from model_store.onnx_runtime import MIXED_KEY, OnnxGraphs, domain_key
+from tests.model_store.test_artifact import _manifest
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory: pytest.TempPathFactory):
+    from model_store import build_model
+    from tests.conftest import randomize, tiny_spec
+
+    masked = randomize(build_model(tiny_spec()), seed=3)
+    store = tmp_path_factory.mktemp("store")
+    pruned = prune_to_union(masked).eval()
+    version = publish_version(store, pruned, _manifest(pruned))
+    folder = store / "tiny" / version
+    manifest = add_graphs(folder)
+    return masked, folder, manifest
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_every_domain_graph_equals_the_masked_network(version, batch: int) -> None:
+    masked, folder, manifest = version
+    graphs = OnnxGraphs(folder, manifest, threads=1)
+    x = torch.randn(batch, 3, 16, 16)
+    for d, name in enumerate(manifest.spec.domain_names):
+        with torch.no_grad():
+            expected = masked(x, d).numpy()
+        got = graphs.run_domain(name, x.numpy())
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 1, 0], [2], [1, 1, 2, 0, 2, 2, 0]])
+def test_mixed_graph_equals_the_masked_network_per_image(version, order: list[int]) -> None:
+    masked, folder, manifest = version
+    graphs = OnnxGraphs(folder, manifest, threads=1)
+    names = manifest.spec.domain_names
+    x = torch.randn(len(order), 3, 16, 16)
+    got = graphs.run_mixed([names[d] for d in order], x.numpy())
+    for row, d in enumerate(order):
+        with torch.no_grad():
+            expected = masked(x[row : row + 1], d)[0].numpy()
+        np.testing.assert_allclose(got[row], expected, atol=TOLERANCE, rtol=0)
+
+
+def test_graphs_are_verified_like_the_weights(version, tmp_path: Path) -> None:
+    _, folder, manifest = version
+    assert {domain_key(n) for n in manifest.spec.domain_names} | {MIXED_KEY} <= set(manifest.files)
+    read_artifact(folder)  # every listed file, graphs included, matches its SHA-256
+    copy = tmp_path / "v"
+    import shutil
+
+    shutil.copytree(folder, copy)
+    graph = copy / MIXED_KEY
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        read_artifact(copy)
+
+
+def test_a_version_without_graphs_says_how_to_export_them(tmp_path: Path) -> None:
+    from model_store import build_model
+    from tests.conftest import randomize, tiny_spec
+
+    model = prune_to_union(randomize(build_model(tiny_spec()))).eval()
+    version = publish_version(tmp_path, model, _manifest(model))
+    manifest, _ = read_artifact(tmp_path / "tiny" / version)
+    with pytest.raises(ArtifactError, match="export-graphs"):
+        OnnxGraphs(tmp_path / "tiny" / version, manifest)
