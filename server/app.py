@@ -73,7 +73,9 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
     the CLI already loaded, verified and warmed, so start-up reads the weights once)."""
     settings = settings or Settings()
     metrics = Metrics()
-    holder = ModelHolder(settings.store, settings.model, metrics)
+    holder = ModelHolder(
+        settings.store, settings.model, metrics, settings.runtime, settings.torch_threads
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -14,6 +14,8 @@ from fastapi import Request
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+Runtime = Literal["auto", "onnx", "torch"]
+
 BatchingPolicy = Literal["per-domain", "mixed", "auto"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 MIN_TOKEN_LENGTH = 16
@@ -42,7 +44,14 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         40_000_000, ge=1, description="decoded image size limit, checked before decoding (413)"
     )
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of the runtime (torch or ONNX Runtime)"
+    )
+    runtime: Runtime = Field(
+        "auto",
+        description="onnx: the version's compiled graphs (refused without them); torch; "
+        "auto: onnx when the version carries graphs (python -m model_store export-graphs)",
+    )
     admin_token: SecretStr | None = Field(
         None, description=f"enables POST /admin/reload; {MIN_TOKEN_LENGTH}+ characters"
     )

@@ -29,8 +29,16 @@ class CandidateRefused(Exception):
 class ModelHolder:
     """Holds the served version; reloads are serialised so two never race."""
 
-    def __init__(self, store: Path, name: str, metrics: Metrics):
+    def __init__(
+        self,
+        store: Path,
+        name: str,
+        metrics: Metrics,
+        runtime: str = "auto",
+        threads: int | None = None,
+    ):
         self.store, self.name, self._metrics = store, name, metrics
+        self.runtime, self.threads = runtime, threads
         self.current: Served | None = None
         self._lock = asyncio.Lock()
 
@@ -38,7 +46,9 @@ class ModelHolder:
         """Load CURRENT again and swap it in; CandidateRefused (old version kept) if it is bad."""
         async with self._lock:
             try:
-                candidate = await anyio.to_thread.run_sync(setup, self.store, self.name)
+                candidate = await anyio.to_thread.run_sync(
+                    setup, self.store, self.name, self.runtime, self.threads
+                )
             except Exception as exc:  # any failure refuses the candidate, never the old version
                 self._metrics.reloads.labels("refused").inc()
                 expected = isinstance(exc, ArtifactError | OSError | ValueError)

@@ -193,6 +193,7 @@ async def domains(served: ServedDep) -> DomainsResponse:
     return DomainsResponse(
         model=m.name,
         version=m.version,
+        runtime=served.runtime,
         budget=m.budget,
         budget_unit=m.budget_unit,
         totals=m.totals,
@@ -212,7 +213,9 @@ async def readyz(served: ServedDep, batcher: BatcherDep) -> Ready:
     until draining starts."""
     if (died := batcher.death()) is not None:
         raise BatcherDown(str(died))
-    return Ready(status="ready", model=served.manifest.name, version=served.version)
+    return Ready(
+        status="ready", model=served.manifest.name, version=served.version, runtime=served.runtime
+    )
 
 
 @router.post(

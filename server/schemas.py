@@ -40,6 +40,7 @@ class DomainInfo(BaseModel):
 class DomainsResponse(BaseModel):
     model: str
     version: str
+    runtime: str = Field(description="what runs the batches: onnx (compiled graphs) or torch")
     budget: float
     budget_unit: str
     totals: dict[str, float]
@@ -54,6 +55,7 @@ class Ready(BaseModel):
     status: str
     model: str
     version: str
+    runtime: str
 
 
 class Reloaded(BaseModel):

@@ -149,7 +149,7 @@ async def test_health_ready_docs_and_metrics(store: Path) -> None:
         metrics = await client.get("/metrics")
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "model": "tiny", "version": "v1"}
+    assert ready.json() == {"status": "ready", "model": "tiny", "version": "v1", "runtime": "torch"}
     assert docs.status_code == 200
     assert {"/classify", "/classify/batch", "/domains", "/readyz"} <= set(schema["paths"])
     form = schema["paths"]["/classify/batch"]["post"]["requestBody"]["content"]
@@ -197,8 +197,8 @@ async def test_start_up_loads_the_model_once(store: Path, monkeypatch: pytest.Mo
     """`bap-serve` loads, verifies and warms the version before uvicorn starts (so a bad one
     is one line, not a traceback) and the app serves that same object: one read of the weights."""
     loads = []
-    real = runner.load_version
-    monkeypatch.setattr(runner, "load_version", lambda *a: loads.append(a) or real(*a))
+    real = runner.read_artifact
+    monkeypatch.setattr(runner, "read_artifact", lambda *a: loads.append(a) or real(*a))
     settings = settings_for(store)
     served = load_model(settings)
     async with running(create_app(settings, preloaded=served)) as client:
