@@ -37,7 +37,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     max_batch_size: int = Field(16, ge=1, le=1024, description="images per batch at most")
     max_batch_delay_ms: float = Field(
-        5.0, ge=0, le=10_000, description="how long the oldest queued image may wait for others"
+        0.0,
+        ge=0,
+        le=10_000,
+        description="how long the oldest queued image may wait for others while the worker is "
+        "idle; 0: a batch starts as soon as the worker is free, holding every image that "
+        "arrived while the previous batch ran (batches form under load, none waits at 1 client)",
     )
     max_queue: int = Field(64, ge=1, description="queued images per domain before 503")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="request body limit (413)")

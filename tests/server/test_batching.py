@@ -7,6 +7,7 @@ close(); nothing depends on timing.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -161,3 +162,30 @@ async def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="per-domain"):
         async with batcher(Recorder(), policy="fastest"):
             pass
+
+
+class Gate(Recorder):
+    """A model whose first batch blocks until released: what a busy worker looks like."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, batch: Batch) -> list[Any]:
+        if not self.batches:
+            self.started.set()
+            self.release.wait()
+        return super().__call__(batch)
+
+
+async def test_without_a_delay_an_idle_worker_runs_at_once_and_a_busy_one_batches() -> None:
+    run = Gate()
+    async with batcher(run, policy="auto", max_delay_s=0.0, max_batch_size=8) as b:
+        first = asyncio.ensure_future(b.submit("v1", "a", 0))  # alone, idle worker: runs now
+        await asyncio.get_running_loop().run_in_executor(None, run.started.wait)
+        later = [asyncio.ensure_future(b.submit("v1", "a", i)) for i in range(1, 6)]
+        await asyncio.sleep(0)  # the five are queued while the first batch runs
+        run.release.set()
+        assert await first == ("a", 0)
+        assert [await f for f in later] == [("a", i) for i in range(1, 6)]
+    assert run.shapes() == [("domain", ["a"]), ("domain", ["a"] * 5)]
