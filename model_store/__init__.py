@@ -22,6 +22,7 @@ from .cost import (
 )
 from .layers import DomainBatchNorm
 from .network import ARCH_BUILDERS, MultiDomainResNet, build_model, resnet26_decathlon
+from .onnx_runtime import MIXED_KEY, OnnxGraphs
 from .preprocess import (
     ImageError,
     ImageTooLarge,
@@ -60,9 +61,11 @@ __all__ = [
     "DomainSpec",
     "ImageError",
     "ImageTooLarge",
+    "MIXED_KEY",
     "Manifest",
     "ModelSpec",
     "MultiDomainResNet",
+    "OnnxGraphs",
     "Preprocess",
     "SpecError",
     "domain_name_problems",

@@ -20,14 +20,15 @@ import torch
 from torch import Tensor
 
 from model_store import (
+    MIXED_KEY,
     Manifest,
     MultiDomainResNet,
+    OnnxGraphs,
     domain_view,
     preprocess_bytes,
     read_artifact,
     version_path,
 )
-from model_store.onnx_runtime import MIXED_KEY, OnnxGraphs
 
 from .batching import Batch
 from .schemas import Prediction
