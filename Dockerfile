@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The BAP inference server for an edge box: CPU-only torch, the bundled model inside, non-root.
+# The BAP inference server for an edge box: ONNX Runtime without torch, the bundled model (with its
+# compiled graphs) inside, non-root.
 #   docker build -t bap-server .      (docker-compose.yml builds and runs it with Prometheus and Grafana)
 # Settings are BAP_* environment variables (server/config.py); the model store is a volume at /store.
 
@@ -11,7 +12,6 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     BAP_VENV=/opt/venv \
-    BAP_TORCH_INDEX=https://download.pytorch.org/whl/cpu \
     BAP_EXTRAS="" \
     BAP_SYSTEM_PACKAGES=""
 WORKDIR /app
@@ -22,7 +22,7 @@ COPY scripts/setup.sh scripts/
 COPY model_store model_store
 COPY server server
 RUN scripts/setup.sh \
- && /opt/venv/bin/python -c "import server, sys, torch; sys.exit(torch.version.cuda and 'torch is a CUDA build: check BAP_TORCH_INDEX')"
+ && /opt/venv/bin/python -c "import importlib.util as u, server, sys; sys.exit(u.find_spec('torch') and 'torch must not be in the server image')"
 
 # ---- final: the interpreter, the venv, the code and the model; no compilers, no pip cache ----
 FROM ${PYTHON_IMAGE}
@@ -33,10 +33,7 @@ COPY --from=build /app /app
 # first start, so the store works out of the box and later versions can be published into it.
 COPY --from=build --chown=bap:bap /app/model_store/bundled /store
 WORKDIR /app
-# Prometheus and Grafana share the box: idle OpenMP threads that spin-wait for a busy core made
-# a batch-1 forward 450-1000 ms instead of 13-15 ms in docs/benchmarks.md; passive waiting avoids it.
 ENV PATH=/opt/venv/bin:$PATH \
-    OMP_WAIT_POLICY=PASSIVE \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     BAP_HOST=0.0.0.0 \

@@ -1,8 +1,8 @@
-"""The server's work without HTTP: decode, stack, forward on the same path, softmax.
+"""The server's work without HTTP: decode, stack, run on the same path and runtime, softmax.
 
-The same store and version the server loaded, run the way the server runs a batch (a domain's
-own filters for a one-domain batch, `forward_mixed` for a mixed one), so HTTP throughput divided
-by this is the server's overhead ratio at the batch size it formed.
+It calls the server's own hooks (`server.runner`: setup, decode, predict) on the store and
+version the server loaded, so HTTP throughput divided by this is the server's overhead ratio
+at the batch size it formed.
 """
 
 from __future__ import annotations
@@ -11,43 +11,36 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from model_store import domain_view, load_version, preprocess_bytes
+from server.batching import Batch
+from server.runner import decode, predict, setup
 
 from .common import time_calls
 
 
 class InProcess:
-    def __init__(self, store: Path, name: str):
-        self.manifest, self.model = load_version(store, name)
-        names = self.manifest.spec.domain_names
-        self.index = {d: i for i, d in enumerate(names)}
-        self.views = {d: domain_view(self.model, i).eval() for d, i in self.index.items()}
+    def __init__(self, store: Path, name: str, runtime: str = "auto"):
+        self.served = setup(store, name, runtime)
 
-    def decode(self, domain: str, image: bytes) -> Tensor:
-        pre = self.manifest.spec.domains[self.index[domain]].preprocess
-        return preprocess_bytes(image, pre, 10**8)
+    def decode(self, domain: str, image: bytes) -> np.ndarray:
+        return decode(self.served, domain, image, 10**8)
 
-    def forward(self, domains: list[str], x: Tensor, mixed: bool) -> list[Tensor]:
-        with torch.inference_mode():
-            if not mixed:
-                logits = list(self.views[domains[0]](x, 0))
-            else:
-                index = torch.tensor([self.index[d] for d in domains], dtype=torch.long)
-                logits = self.model.forward_mixed(x, index)
-            return [row.softmax(-1) for row in logits]
+    def forward(self, domains: list[str], x: list[np.ndarray], mixed: bool) -> list[np.ndarray]:
+        """Mixed: image i through domains[i]; else every image through domains[0] (the server's
+        one-domain batch of that size)."""
+        path, names = ("mixed", domains) if mixed else ("domain", [domains[0]] * len(domains))
+        return predict(Batch(self.served, path, names, x, [0.0] * len(names)))
 
     def throughput(
         self, domains: list[str], mixed: bool, image: bytes, seconds: float
     ) -> dict[str, float]:
         """Images per second for one batch of these domains on the mixed or the domain path:
         with decoding, and the model only."""
-        x = torch.stack([self.decode(d, image) for d in domains])
+        x = [self.decode(d, image) for d in domains]
 
         def full() -> None:
-            self.forward(domains, torch.stack([self.decode(d, image) for d in domains]), mixed)
+            self.forward(domains, [self.decode(d, image) for d in domains], mixed)
 
         def model_only() -> None:
             self.forward(domains, x, mixed)

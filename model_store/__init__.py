@@ -1,28 +1,23 @@
 """What a stored model is: the network both sides share, its cost counter, its preprocessing,
-and the verified, versioned artifact format. Training and the server import only these names."""
+and the verified, versioned artifact format. Training and the server import only these names.
 
-from .artifact import (
+The manifest, spec, preprocessing and store pointers import without torch; every other name is
+loaded on first use (PEP 562), so a server running compiled graphs never imports torch and
+training never imports ONNX Runtime.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .manifest import (
     FORMAT_VERSION,
     ArtifactError,
     DomainMetrics,
     Manifest,
-    read_artifact,
+    read_manifest,
     sha256_file,
+    verify_files,
 )
-from .cost import (
-    UNITS,
-    baseline_cost,
-    cost_fraction,
-    domain_cost,
-    filter_costs,
-    independent_parameters,
-    model_parameters,
-    shared_fraction,
-    single_domain_parameters,
-)
-from .layers import DomainBatchNorm
-from .network import ARCH_BUILDERS, MultiDomainResNet, build_model, resnet26_decathlon
-from .onnx_runtime import MIXED_KEY, OnnxGraphs
 from .preprocess import (
     ImageError,
     ImageTooLarge,
@@ -34,13 +29,6 @@ from .preprocess import (
     preprocess_bytes,
     resize_shorter,
 )
-from .slicing import (
-    domain_filters,
-    domain_view,
-    prune_to_union,
-    slice_network,
-    union_filters,
-)
 from .spec import DomainSpec, ModelSpec, Preprocess, SpecError, domain_name_problems
 from .versions import (
     current_version,
@@ -50,6 +38,60 @@ from .versions import (
     set_current,
     version_path,
 )
+
+_LAZY = {
+    "read_artifact": "artifact",
+    "UNITS": "cost",
+    "baseline_cost": "cost",
+    "cost_fraction": "cost",
+    "domain_cost": "cost",
+    "filter_costs": "cost",
+    "independent_parameters": "cost",
+    "model_parameters": "cost",
+    "shared_fraction": "cost",
+    "single_domain_parameters": "cost",
+    "DomainBatchNorm": "layers",
+    "ARCH_BUILDERS": "network",
+    "MultiDomainResNet": "network",
+    "build_model": "network",
+    "resnet26_decathlon": "network",
+    "MIXED_KEY": "onnx_runtime",
+    "OnnxGraphs": "onnx_runtime",
+    "domain_filters": "slicing",
+    "domain_view": "slicing",
+    "prune_to_union": "slicing",
+    "slice_network": "slicing",
+    "union_filters": "slicing",
+    "TorchRuntime": "torch_runtime",
+}
+
+if TYPE_CHECKING:
+    from .artifact import read_artifact
+    from .cost import (
+        UNITS,
+        baseline_cost,
+        cost_fraction,
+        domain_cost,
+        filter_costs,
+        independent_parameters,
+        model_parameters,
+        shared_fraction,
+        single_domain_parameters,
+    )
+    from .layers import DomainBatchNorm
+    from .network import ARCH_BUILDERS, MultiDomainResNet, build_model, resnet26_decathlon
+    from .onnx_runtime import MIXED_KEY, OnnxGraphs
+    from .slicing import domain_filters, domain_view, prune_to_union, slice_network, union_filters
+    from .torch_runtime import TorchRuntime
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'model_store' has no attribute {name!r}")
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
 
 __all__ = [
     "ARCH_BUILDERS",
@@ -68,6 +110,7 @@ __all__ = [
     "OnnxGraphs",
     "Preprocess",
     "SpecError",
+    "TorchRuntime",
     "domain_name_problems",
     "baseline_cost",
     "build_model",
@@ -90,6 +133,7 @@ __all__ = [
     "prune_to_union",
     "publish_version",
     "read_artifact",
+    "read_manifest",
     "resize_shorter",
     "resnet26_decathlon",
     "set_current",
@@ -98,5 +142,6 @@ __all__ = [
     "single_domain_parameters",
     "slice_network",
     "union_filters",
+    "verify_files",
     "version_path",
 ]

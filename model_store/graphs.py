@@ -5,7 +5,7 @@ Two kinds, both with a dynamic batch dimension:
   gone): input `x` (N, 3, H, W) float32, output `logits` (N, classes).
 - `graphs/mixed.onnx`: the pruned union network for batches that mix domains: inputs `x` and
   `domains` (N,) int64, output `logits` (N, sum of every domain's classes), every head applied
-  to every image; image i's logits are the columns of domain `domains[i]` (see `head_columns`).
+  to every image; image i's logits are the columns of domain `domains[i]`.
   Computing all heads costs one small matrix product and keeps the graph free of control flow.
 
 The files go into the version folder and the manifest's `files`, so they are verified by the
@@ -16,29 +16,20 @@ mode (BN then uses the running statistics; ONNX Runtime folds it into the convs 
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .artifact import MANIFEST, Manifest, read_artifact, sha256_file
+from .artifact import read_artifact
 from .layers import MixedRoute
+from .manifest import MANIFEST, Manifest, sha256_file, write_atomic
 from .network import MultiDomainResNet
 from .onnx_runtime import GRAPH_DIR, MIXED_KEY, domain_key
 from .slicing import domain_view
 
 OPSET = 17
-
-
-def head_columns(class_counts: list[int]) -> list[tuple[int, int]]:
-    """Per domain, the [start, stop) columns of its logits in the mixed graph's output."""
-    out, start = [], 0
-    for count in class_counts:
-        out.append((start, start + count))
-        start += count
-    return out
 
 
 class _DomainGraph(nn.Module):
@@ -99,12 +90,7 @@ def export_graphs(model: MultiDomainResNet, folder: Path) -> list[str]:
     mixed_inputs = (example, torch.zeros(2, dtype=torch.long))
     graphs[MIXED_KEY] = _onnx_bytes(_MixedGraph(model), mixed_inputs, ["x", "domains"])
     for key, data in graphs.items():
-        path = Path(folder) / key
-        with open(path, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        path.chmod(0o644)
+        write_atomic(Path(folder) / key, data)
     return list(graphs)
 
 
@@ -117,11 +103,5 @@ def add_graphs(folder: Path) -> Manifest:
     for key in export_graphs(model, folder):
         path = folder / key
         manifest.files[key] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    tmp = folder / f".{MANIFEST}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(manifest.to_json())
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.chmod(0o644)
-    os.replace(tmp, folder / MANIFEST)
+    write_atomic(folder / MANIFEST, manifest.to_json().encode())
     return manifest

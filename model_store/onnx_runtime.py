@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .artifact import ArtifactError, Manifest
+from .manifest import ArtifactError, Manifest
 
 GRAPH_DIR = "graphs"
 
@@ -27,6 +27,8 @@ def domain_key(domain: str) -> str:
 
 class OnnxGraphs:
     """One session per domain's own view and one for the mixed union network."""
+
+    name = "onnx"
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int | None = None):
         names = manifest.spec.domain_names
@@ -50,15 +52,14 @@ class OnnxGraphs:
         self.domains = {name: session(domain_key(name)) for name in names}
         self.mixed = session(MIXED_KEY)
         counts = [len(d.labels) for d in manifest.spec.domains]
-        self.columns = np.cumsum([0, *counts])
-        self.index = {name: i for i, name in enumerate(names)}
+        self.columns = np.cumsum([0, *counts])  # domain d's logits: columns[d]:columns[d + 1]
 
     def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:
         """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32."""
         return self.domains[domain].run(None, {"x": x})[0]
 
-    def run_mixed(self, domains: list[str], x: np.ndarray) -> list[np.ndarray]:
-        """Image i through domain `domains[i]`: one logits vector per image."""
-        idx = np.array([self.index[d] for d in domains], dtype=np.int64)
-        every_head = self.mixed.run(None, {"x": x, "domains": idx})[0]
-        return [every_head[row, self.columns[i] : self.columns[i + 1]] for row, i in enumerate(idx)]
+    def run_mixed(self, indices: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
+        """Image i through domain number `indices[i]` (int64): one logits vector per image."""
+        every_head = self.mixed.run(None, {"x": x, "domains": indices})[0]
+        cols = self.columns
+        return [every_head[row, cols[d] : cols[d + 1]] for row, d in enumerate(indices)]

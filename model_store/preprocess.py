@@ -1,7 +1,8 @@
-"""Bytes -> checked RGB image -> the network's input tensor. Used by evaluation AND serving.
+"""Bytes -> checked RGB image -> the network's input array. Used by evaluation AND serving.
 
 The transform's numbers (resize, crop, mean, std) come from the domain's spec in the manifest,
-never re-typed, so a served image sees exactly what the model saw at evaluation time.
+never re-typed, so a served image sees exactly what the model saw at evaluation time. numpy and
+Pillow only: the torch-free server preprocesses with this module (training wraps the arrays).
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import io
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import Tensor
 
 from .spec import Preprocess
 
@@ -91,28 +90,28 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def image_to_uint8(img: Image.Image) -> Tensor:
-    """RGB PIL image -> (3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+def image_to_uint8(img: Image.Image) -> np.ndarray:
+    """RGB PIL image -> (3, H, W) uint8 array."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def normalize(pixels: Tensor, pre: Preprocess) -> Tensor:
+def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     """uint8 (..., 3, H, W) -> float32 normalised with the domain's mean and std."""
-    mean = torch.tensor(pre.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32).view(3, 1, 1)
-    return (pixels.to(torch.float32) / 255.0 - mean) / std
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
+    return (pixels.astype(np.float32) / np.float32(255.0) - mean) / std
 
 
-def eval_pixels(img: Image.Image, pre: Preprocess) -> Tensor:
-    """The eval transform up to normalisation: resize shorter side, centre crop, uint8 tensor."""
+def eval_pixels(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """The eval transform up to normalisation: resize shorter side, centre crop, uint8 array."""
     return image_to_uint8(center_crop(resize_shorter(to_rgb(img), pre.resize), pre.crop))
 
 
-def eval_transform(img: Image.Image, pre: Preprocess) -> Tensor:
-    """The full eval transform: the network's (3, crop, crop) float input for one image."""
+def eval_transform(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """The full eval transform: the network's (3, crop, crop) float32 input for one image."""
     return normalize(eval_pixels(img, pre), pre)
 
 
-def preprocess_bytes(data: bytes, pre: Preprocess, max_pixels: int) -> Tensor:
+def preprocess_bytes(data: bytes, pre: Preprocess, max_pixels: int) -> np.ndarray:
     """Request body -> network input, with every check a server needs."""
     return eval_transform(decode_image(data, max_pixels), pre)

@@ -12,9 +12,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .artifact import ArtifactError, Manifest, read_artifact, write_artifact
-from .network import MultiDomainResNet
+from .manifest import ArtifactError, Manifest, fsync_dir, write_atomic
+
+if TYPE_CHECKING:  # torch is imported only where weights are read or written
+    from .network import MultiDomainResNet
 
 CURRENT = "CURRENT"
 PREVIOUS = "PREVIOUS"  # what CURRENT named before its last change
@@ -26,14 +29,6 @@ def _check_name(kind: str, value: str) -> str:
     if not _NAME.match(value) or value in (".", ".."):
         raise ValueError(f"{kind} {value!r} must be 1-64 letters, digits, '.', '_' or '-'")
     return value
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_versions(store: Path, name: str) -> list[str]:
@@ -66,19 +61,8 @@ def current_version(store: Path, name: str) -> str:
 
 
 def _write_pointer(root: Path, filename: str, version: str) -> None:
-    """Replace root/filename by `version`, atomically (temp file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=root)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a server may run as another user
-        with os.fdopen(fd, "w") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / filename)
-        _fsync_dir(root)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace root/filename by `version`, atomically."""
+    write_atomic(root / filename, (version + "\n").encode())
 
 
 def set_current(store: Path, name: str, version: str) -> None:
@@ -102,9 +86,17 @@ def previous_version(store: Path, name: str) -> str:
 
 
 def publish_version(
-    store: Path, model: MultiDomainResNet, manifest: Manifest, make_current: bool = True
+    store: Path,
+    model: MultiDomainResNet,
+    manifest: Manifest,
+    make_current: bool = True,
+    graphs: bool = False,
 ) -> str:
-    """Write a new immutable version folder and (by default) point CURRENT at it."""
+    """Write a new immutable version folder and (by default) point CURRENT at it; with `graphs`
+    the compiled ONNX graphs go in too, listed and hashed in the manifest before the version
+    appears."""
+    from .artifact import write_artifact
+
     root = Path(store) / _check_name("model name", manifest.name)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=root))
@@ -115,13 +107,17 @@ def publish_version(
             number = int(existing[-1][1:]) + 1 if existing else 1
             manifest.version = f"v{number}"
             write_artifact(tmp, model, manifest)
+            if graphs:
+                from .graphs import add_graphs  # the ONNX exporter, only when asked for
+
+                manifest.files = add_graphs(tmp).files
             try:
                 os.rename(tmp, root / manifest.version)  # fails if a concurrent publish took it
                 break
             except OSError:
                 if not (root / manifest.version).exists():
                     raise
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -143,4 +139,6 @@ def load_version(
     store: Path, name: str, version: str | None = None
 ) -> tuple[Manifest, MultiDomainResNet]:
     """Resolve, verify and load a version (CURRENT by default), in eval mode on CPU."""
+    from .artifact import read_artifact
+
     return read_artifact(version_path(store, name, version))

@@ -3,21 +3,24 @@
 # run does nothing unless pyproject.toml changed. Used by the Makefile, CI and the Dockerfile.
 #
 #   BAP_VENV            where the environment lives             (default .venv)
-#   BAP_TORCH           the torch requirement installed first     (default torch==2.13.0, the CPU wheel
-#                       on this machine's disk; never let pip resolve a bare "torch": that is a CUDA build)
-#   BAP_TORCH_INDEX     extra index for torch, e.g. PyTorch's CPU index in the Docker build
-#   BAP_EXTRAS          extras to install                          (default dev,data)
-#   BAP_SYSTEM_PACKAGES Debian packages to add when root           (default: Fashion-MNIST and Prometheus)
+#   BAP_EXTRAS          extras to install                          (default torch,dev,data; empty: the
+#                       server alone, which runs compiled graphs without torch: the Docker image)
+#   BAP_TORCH           the torch requirement installed first when the extras hold torch (default
+#                       torch==2.13.0, the CPU wheel on this machine's disk; never let pip resolve a
+#                       bare "torch": that is a CUDA build)
+#   BAP_TORCH_INDEX     extra index for torch, e.g. PyTorch's CPU index
+#   BAP_SYSTEM_PACKAGES Debian packages to add when root           (default: Fashion-MNIST, Prometheus,
+#                       and wrk, the load generator of `make bench`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${BAP_VENV:-.venv}
-extras=${BAP_EXTRAS-dev,data}  # set it empty for the server alone (the Docker image)
+extras=${BAP_EXTRAS-torch,dev,data}
 stamp="$venv/.bap-installed-$extras"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
-  for pkg in ${BAP_SYSTEM_PACKAGES-dataset-fashion-mnist prometheus}; do
+  for pkg in ${BAP_SYSTEM_PACKAGES-dataset-fashion-mnist prometheus wrk}; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -33,8 +36,11 @@ fi
 
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-  echo "setup: installing ${BAP_TORCH:-torch==2.13.0}, then the project [$extras]"
-  "${pip[@]}" "${BAP_TORCH:-torch==2.13.0}" ${BAP_TORCH_INDEX:+--extra-index-url "$BAP_TORCH_INDEX"}
+  if [[ ",$extras," == *",torch,"* ]]; then
+    echo "setup: installing ${BAP_TORCH:-torch==2.13.0}"
+    "${pip[@]}" "${BAP_TORCH:-torch==2.13.0}" ${BAP_TORCH_INDEX:+--extra-index-url "$BAP_TORCH_INDEX"}
+  fi
+  echo "setup: installing the project [$extras]"
   "${pip[@]}" -e ".${extras:+[$extras]}"
   if [[ ",$extras," == *",data,"* ]]; then
     # Real digits and animal silhouettes ship inside these packages; their declared pins

@@ -28,7 +28,7 @@ from .config import Settings
 from .holder import CandidateRefused, ModelHolder
 from .metrics import Metrics
 from .middleware import BodyLimit, RequestMetrics
-from .runner import Served, configure_threads, predict
+from .runner import Served, predict
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="bap-inference",
-            initializer=configure_threads,
-            initargs=(settings.torch_threads,),
-        )
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bap-inference")
         batcher = Batcher(
             predict,
             executor,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
-from torch import Tensor
 
 from model_store import ImageError
 
@@ -107,11 +107,11 @@ class ClassifyCall:
                 raise BadParameters("send exactly one `file` part; /classify/batch takes several")
             return [(p.filename, await p.read()) for p in parts]  # type: ignore[union-attr]
 
-    async def decode(self, images: list[tuple[str | None, bytes]], many: bool) -> list[Tensor]:
+    async def decode(self, images: list[tuple[str | None, bytes]], many: bool) -> list[np.ndarray]:
         """Every image decoded in order, off the event loop in one thread hop; the first bad
         one stops the rest (nothing is decoded or run after it), named by its part if many."""
 
-        def decode_all() -> list[Tensor]:
+        def decode_all() -> list[np.ndarray]:
             out = []
             for i, (filename, data) in enumerate(images):
                 try:
@@ -124,7 +124,7 @@ class ClassifyCall:
 
         return await anyio.to_thread.run_sync(decode_all)
 
-    async def predict(self, x: Tensor) -> list[Prediction]:
+    async def predict(self, x: np.ndarray) -> list[Prediction]:
         """Wait for this image's own result from its batch."""
         try:
             async with asyncio.timeout(self.settings.result_timeout_s):
@@ -171,7 +171,7 @@ async def classify(call: Call) -> ClassifyResponse:
 async def classify_batch(call: Call) -> BatchResponse:
     """Classify several `file` parts of one domain; one result per part, in order."""
 
-    async def one(filename: str | None, x: Tensor) -> BatchItem:
+    async def one(filename: str | None, x: np.ndarray) -> BatchItem:
         return BatchItem(filename=filename, predictions=await call.predict(x))
 
     images = await call.images(many=True)
@@ -193,7 +193,7 @@ async def domains(served: ServedDep) -> DomainsResponse:
     return DomainsResponse(
         model=m.name,
         version=m.version,
-        runtime=served.runtime,
+        runtime=served.runtime.name,
         budget=m.budget,
         budget_unit=m.budget_unit,
         totals=m.totals,
@@ -214,7 +214,10 @@ async def readyz(served: ServedDep, batcher: BatcherDep) -> Ready:
     if (died := batcher.death()) is not None:
         raise BatcherDown(str(died))
     return Ready(
-        status="ready", model=served.manifest.name, version=served.version, runtime=served.runtime
+        status="ready",
+        model=served.manifest.name,
+        version=served.version,
+        runtime=served.runtime.name,
     )
 
 

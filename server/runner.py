@@ -7,6 +7,7 @@ batches that mix domains) and, per domain, a view that computes only that domain
 Runtime (`runtime` setting): "onnx" runs the version's compiled graphs in ONNX Runtime (proven
 equal to the masked network within 1e-4 by tests/model_store/test_graphs.py; 4-8x faster than
 torch at batch 1 here), "torch" the torch modules, "auto" ONNX when the version carries graphs.
+This module imports no torch: with ONNX Runtime the server runs without it installed.
 """
 
 from __future__ import annotations
@@ -14,19 +15,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from model_store import (
     MIXED_KEY,
+    ArtifactError,
     Manifest,
-    MultiDomainResNet,
-    OnnxGraphs,
-    domain_view,
     preprocess_bytes,
-    read_artifact,
+    read_manifest,
+    verify_files,
     version_path,
 )
 
@@ -34,16 +33,24 @@ from .batching import Batch
 from .schemas import Prediction
 
 
+class Runtime(Protocol):
+    """What runs the batches: model_store's OnnxGraphs or TorchRuntime."""
+
+    name: str
+
+    def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray: ...
+
+    def run_mixed(self, indices: np.ndarray, x: np.ndarray) -> list[np.ndarray]: ...
+
+
 @dataclass(eq=False)
 class Served:
     """One loaded, verified and warmed version; also the batcher's lane, so compared by identity."""
 
     manifest: Manifest
-    model: MultiDomainResNet
-    views: dict[str, MultiDomainResNet]
-    graphs: OnnxGraphs | None = None  # set: batches run in ONNX Runtime, not torch
+    runtime: Runtime
     load_seconds: float = 0.0
-    index: dict[str, int] = field(init=False)
+    index: dict[str, int] = field(init=False)  # domain name -> its number in the spec
 
     def __post_init__(self) -> None:
         self.index = {name: i for i, name in enumerate(self.manifest.spec.domain_names)}
@@ -52,38 +59,32 @@ class Served:
     def version(self) -> str:
         return self.manifest.version
 
-    @property
-    def runtime(self) -> str:
-        return "torch" if self.graphs is None else "onnx"
 
+def load_runtime(folder: Path, runtime: str, threads: int | None) -> tuple[Manifest, Runtime]:
+    """The verified manifest and the runtime for a version folder. ONNX Runtime needs only the
+    manifest and the graphs (every listed file's SHA-256 checked, weights included): torch is
+    imported only when the torch modules run."""
+    manifest = read_manifest(folder)
+    if runtime == "onnx" or (runtime == "auto" and MIXED_KEY in manifest.files):
+        verify_files(folder, manifest)
+        from model_store import OnnxGraphs
 
-def configure_threads(threads: int | None) -> None:
-    """Torch's intra-op threads for the calling thread (None keeps torch's default).
-
-    The count is per thread (OpenMP), so this runs as the inference thread's initializer.
-    On a shared, busy machine fewer threads can be several times faster: spinning OpenMP
-    workers that wait for a core hold up the whole forward pass.
-    """
-    if threads is not None:
-        torch.set_num_threads(threads)
+        return manifest, OnnxGraphs(folder, manifest, threads)
+    try:
+        from model_store import TorchRuntime, read_artifact
+    except ImportError as exc:  # the server-only install (the Docker image) has no torch
+        raise ArtifactError(
+            f"{folder}: has no compiled graphs and this install has no torch ({exc}); export them "
+            f"with `python -m model_store export-graphs {manifest.version}` with torch installed"
+        ) from exc
+    manifest, model = read_artifact(folder)
+    return manifest, TorchRuntime(model, threads)
 
 
 def setup(store: Path, name: str, runtime: str = "auto", threads: int | None = None) -> Served:
     """Load CURRENT (sha256-verified, graphs included), build the runtime, warm every path."""
     started = time.monotonic()
-    folder = version_path(store, name)
-    manifest, model = read_artifact(folder)  # CURRENT, every listed file's SHA-256 checked
-    # channels_last lets oneDNN pick its fast conv layouts: 1.23x at batch 1, 1.12x at batch 32
-    # on the served network (docs/benchmarks.md, levers).
-    model = model.eval().to(memory_format=torch.channels_last)
-    views = {
-        d: domain_view(model, i).eval().to(memory_format=torch.channels_last)
-        for i, d in enumerate(manifest.spec.domain_names)
-    }
-    graphs = None
-    if runtime == "onnx" or (runtime == "auto" and MIXED_KEY in manifest.files):
-        graphs = OnnxGraphs(folder, manifest, threads)
-    served = Served(manifest, model, views, graphs)
+    served = Served(*load_runtime(version_path(store, name), runtime, threads))
     warm_up(served)
     served.load_seconds = time.monotonic() - started
     return served
@@ -94,49 +95,33 @@ def warm_up(served: Served) -> None:
     names = list(served.index)
     side = served.manifest.spec.input_size
     for path, domains in [("domain", [d]) for d in names] + [("mixed", names)]:
-        images = [torch.zeros(3, side, side) for _ in domains]
+        images = [np.zeros((3, side, side), np.float32) for _ in domains]
         predict(Batch(served, path, domains, images, [0.0] * len(domains)))
 
 
-def decode(served: Served, domain: str, data: bytes, max_pixels: int) -> Tensor:
+def decode(served: Served, domain: str, data: bytes, max_pixels: int) -> np.ndarray:
     """Request bytes -> this domain's network input (raises ImageError / ImageTooLarge)."""
     pre = served.manifest.spec.domains[served.index[domain]].preprocess
     return preprocess_bytes(data, pre, max_pixels)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max())
-    return z / z.sum()
-
-
-def _torch_logits(served: Served, batch: Batch) -> list[np.ndarray]:
-    x = torch.stack(batch.payloads).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        if batch.path == "domain":
-            logits = list(served.views[batch.domains[0]](x, 0))
-        else:
-            indices = torch.tensor([served.index[d] for d in batch.domains], dtype=torch.long)
-            logits = served.model.forward_mixed(x, indices)
-    return [row.float().numpy() for row in logits]
-
-
-def _onnx_logits(graphs: OnnxGraphs, batch: Batch) -> list[np.ndarray]:
-    x = torch.stack(batch.payloads).numpy()
-    if batch.path == "domain":
-        return list(graphs.run_domain(batch.domains[0], x))
-    return graphs.run_mixed(batch.domains, x)
+    """Along the last axis: one row or a whole (N, classes) batch in one pass."""
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def predict(batch: Batch) -> list[np.ndarray]:
     """The batcher's run hook: one softmax vector per image, in the batch's order."""
     served: Served = batch.lane
-    if batch.path == "domain" and len(set(batch.domains)) != 1:
-        raise RuntimeError("a domain-path batch must hold one domain")
-    if served.graphs is None:
-        logits = _torch_logits(served, batch)
+    x = np.stack(batch.payloads)
+    if batch.path == "domain":
+        if len(set(batch.domains)) != 1:
+            raise RuntimeError("a domain-path batch must hold one domain")
+        probs = list(_softmax(served.runtime.run_domain(batch.domains[0], x)))
     else:
-        logits = _onnx_logits(served.graphs, batch)
-    probs = [_softmax(row) for row in logits]
+        indices = np.array([served.index[d] for d in batch.domains], dtype=np.int64)
+        probs = [_softmax(row) for row in served.runtime.run_mixed(indices, x)]
     if len(probs) != len(batch.payloads):  # unbatch must give exactly one output per input
         raise RuntimeError(f"{len(probs)} outputs for {len(batch.payloads)} images")
     return probs

@@ -2,8 +2,9 @@
 
 training -> model_store <- server: training and server never import each other, and both
 use model_store only through its public names (`from model_store import X`, X in __all__).
-Inside server, the batching loop imports neither torch nor FastAPI, and the model hooks never
-import FastAPI.
+Inside server, the batching loop imports no FastAPI and the model hooks never import FastAPI.
+No server module and none of model_store's manifest, spec, preprocessing, store and ONNX modules
+imports torch directly (tests/server/test_onnx_runtime.py proves the server runs without it).
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"training": {"server"}, "server": {"training"}}
 NO_FRAMEWORK = {"fastapi", "starlette", "uvicorn"}
 MODULE_BANS = {
-    "server/batching.py": NO_FRAMEWORK | {"torch"},
+    "server/batching.py": NO_FRAMEWORK,
     "server/runner.py": NO_FRAMEWORK,
 }
+TORCH_FREE = [
+    *(f"server/{p.name}" for p in sorted((ROOT / "server").glob("*.py"))),
+    *(f"model_store/{m}.py" for m in ("__init__", "manifest", "spec", "preprocess", "versions")),
+    "model_store/onnx_runtime.py",
+]
 
 
 def imports(path: Path) -> Iterator[tuple[int, str, list[str]]]:
@@ -70,4 +76,10 @@ def test_model_store_is_used_through_its_public_names_only(package: str) -> None
 def test_server_inner_modules_stay_free_of_frameworks(module: str) -> None:
     path = ROOT / module
     found = {m.split(".")[0] for _, m, _ in imports(path)} & MODULE_BANS[module]
+    assert not found, f"{module} imports {sorted(found)}"
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_the_serving_path_imports_no_torch(module: str) -> None:
+    found = {m.split(".")[0] for _, m, _ in imports(ROOT / module)} & {"torch", "safetensors"}
     assert not found, f"{module} imports {sorted(found)}"

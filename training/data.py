@@ -75,7 +75,12 @@ class DomainData:
 def images_from_arrays(arrays: np.ndarray, resize: int) -> Tensor:
     """Grey (N, H, W) or RGB (N, H, W, 3) uint8 arrays -> stored (N, 3, S, S) via the eval path."""
     pre = Preprocess(resize, resize, (0.0,) * 3, (1.0,) * 3)
-    return torch.stack([eval_pixels(Image.fromarray(a), pre) for a in arrays])
+    return torch.stack([torch.from_numpy(eval_pixels(Image.fromarray(a), pre)) for a in arrays])
+
+
+def normalized(pixels: Tensor, pre: Preprocess) -> Tensor:
+    """uint8 (N, 3, H, W) tensor -> float32, by the one formula serving uses."""
+    return torch.from_numpy(normalize(pixels.numpy(), pre))
 
 
 def train_batch(
@@ -103,13 +108,13 @@ def train_batch(
     )
     if flip is not None:
         crops[flip] = crops[flip].flip(-1)
-    return normalize(crops, pre), data.train.targets[indices[rows]]
+    return normalized(crops, pre), data.train.targets[indices[rows]]
 
 
 def centre_crops(data: DomainData, images: Tensor, pre: Preprocess) -> Tensor:
     """Stored images cut and normalised exactly as the server cuts one (the centre crop)."""
     lo = (data.resize - data.crop) // 2
-    return normalize(images[:, :, lo : lo + data.crop, lo : lo + data.crop], pre)
+    return normalized(images[:, :, lo : lo + data.crop, lo : lo + data.crop], pre)
 
 
 def eval_batches(

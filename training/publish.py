@@ -122,6 +122,6 @@ def publish_result(
             "Train longer (--epochs), raise dual_lr, or loosen --budget; or publish this run "
             "anyway with --resume --force"
         )
-    publish_version(store, pruned, manifest)
+    publish_version(store, pruned, manifest, graphs=True)  # the server runs the graphs
     log.info("published store=%s name=%s version=%s", store, manifest.name, manifest.version)
     return manifest, pruned

@@ -222,7 +222,7 @@ def test_image_is_multi_stage_and_built_by_the_setup_script() -> None:
     env = dockerfile_env(build)
     knobs = {k for k in env if k.startswith("BAP_")}
     assert knobs <= SETUP_KNOBS, f"setup.sh does not read {knobs - SETUP_KNOBS}"
-    assert env["BAP_TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"  # never a CUDA wheel
+    assert env["BAP_EXTRAS"] == ""  # the server alone: no torch extra, so no torch in the image
     assert env["BAP_SYSTEM_PACKAGES"] == ""  # no Debian packages (Prometheus) in the image
 
 

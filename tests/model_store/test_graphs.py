@@ -48,9 +48,8 @@ def test_every_domain_graph_equals_the_masked_network(version, batch: int) -> No
 def test_mixed_graph_equals_the_masked_network_per_image(version, order: list[int]) -> None:
     masked, folder, manifest = version
     graphs = OnnxGraphs(folder, manifest, threads=1)
-    names = manifest.spec.domain_names
     x = torch.randn(len(order), 3, 16, 16)
-    got = graphs.run_mixed([names[d] for d in order], x.numpy())
+    got = graphs.run_mixed(np.array(order, dtype=np.int64), x.numpy())
     for row, d in enumerate(order):
         with torch.no_grad():
             expected = masked(x[row : row + 1], d)[0].numpy()

@@ -4,7 +4,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from model_store import ImageError, ImageTooLarge, decode_image, eval_transform, preprocess_bytes
@@ -32,7 +31,7 @@ def _encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
 )
 def test_every_mode_becomes_a_normalised_rgb_tensor(img: Image.Image, fmt: str) -> None:
     x = preprocess_bytes(_encode(img, fmt), TINY_PRE, max_pixels=10_000)
-    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    assert x.shape == (3, 16, 16) and x.dtype == np.float32 and np.isfinite(x).all()
 
 
 def test_sixteen_bit_white_stays_white_and_alpha_goes_on_white() -> None:

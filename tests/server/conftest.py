@@ -97,7 +97,7 @@ class Reference:
         index = self.manifest.spec.domain_names.index(domain)
         x = preprocess_bytes(data, self.manifest.spec.domains[index].preprocess, 10**8)
         with torch.inference_mode():
-            return self.model(x[None], index)[0].softmax(-1)
+            return self.model(torch.from_numpy(x)[None], index)[0].softmax(-1)
 
 
 def assert_matches(body: dict[str, Any], reference: torch.Tensor) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,10 +52,60 @@ async def test_every_domain_and_a_mixed_batch_answer_like_torch(compiled_store: 
 
 
 def test_auto_takes_the_graphs_when_the_version_has_them(compiled_store: Path) -> None:
-    assert load_model(settings_for(compiled_store)).runtime == "onnx"
-    assert load_model(settings_for(compiled_store, runtime="torch")).runtime == "torch"
+    assert load_model(settings_for(compiled_store)).runtime.name == "onnx"
+    assert load_model(settings_for(compiled_store, runtime="torch")).runtime.name == "torch"
 
 
 def test_onnx_without_graphs_is_refused_with_the_fix(store: Path) -> None:
     with pytest.raises(SystemExit, match="export-graphs"):
         load_model(settings_for(store, runtime="onnx"))
+
+
+# Blocks torch (an import of it raises ImportError), then serves through the whole app.
+NO_TORCH_SERVER = """
+import json, sys
+sys.modules["torch"] = None
+from starlette.testclient import TestClient
+from server import create_app
+from server.config import Settings
+
+store, requests = sys.argv[1], json.loads(sys.argv[2])
+with TestClient(create_app(Settings(store=store, model="tiny", runtime="onnx"))) as client:
+    out = [
+        client.post(f"/classify?domain={d}&top_k=3", content=bytes.fromhex(h),
+                    headers={"content-type": "image/png"}).json()
+        for d, h in requests
+    ]
+print(json.dumps({"answers": out, "torch_loaded": any(m.startswith("torch") for m in sys.modules
+                                                     if sys.modules[m] is not None)}))
+"""
+
+
+def _without_torch(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+
+
+def test_the_server_runs_without_torch(compiled_store: Path) -> None:
+    reference = Reference(compiled_store)
+    requests = [(domain, image_bytes(seed)) for seed, domain in enumerate(DOMAINS)]
+    wire = json.dumps([(d, data.hex()) for d, data in requests])
+    run = _without_torch(NO_TORCH_SERVER, str(compiled_store), wire)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not result["torch_loaded"]
+    for (domain, data), body in zip(requests, result["answers"], strict=True):
+        assert_matches(body, reference.scores(domain, data))
+
+
+def test_without_torch_a_version_without_graphs_names_the_export(store: Path) -> None:
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from server.__main__ import main\n"
+        f"main(['--store', {str(store)!r}, '--model', 'tiny'])"
+    )
+    run = _without_torch(script)
+    assert run.returncode != 0
+    assert "has no compiled graphs and this install has no torch" in run.stderr
+    assert "python -m model_store export-graphs v1" in run.stderr

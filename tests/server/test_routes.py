@@ -197,8 +197,8 @@ async def test_start_up_loads_the_model_once(store: Path, monkeypatch: pytest.Mo
     """`bap-serve` loads, verifies and warms the version before uvicorn starts (so a bad one
     is one line, not a traceback) and the app serves that same object: one read of the weights."""
     loads = []
-    real = runner.read_artifact
-    monkeypatch.setattr(runner, "read_artifact", lambda *a: loads.append(a) or real(*a))
+    real = runner.load_runtime
+    monkeypatch.setattr(runner, "load_runtime", lambda *a: loads.append(a) or real(*a))
     settings = settings_for(store)
     served = load_model(settings)
     async with running(create_app(settings, preloaded=served)) as client:

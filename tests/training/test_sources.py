@@ -33,7 +33,7 @@ MODES = ("RGB", "L", "RGBA", "P")
 def stored(path: Path, resize: int = RESIZE) -> torch.Tensor:
     """What serving makes of an image file, for comparison with a source's stored images."""
     pre = Preprocess(resize, resize, (0.0,) * 3, (1.0,) * 3)
-    return eval_pixels(decode_image(path.read_bytes(), 10**8), pre)
+    return torch.from_numpy(eval_pixels(decode_image(path.read_bytes(), 10**8), pre))
 
 
 def write_image(path: Path, seed: int) -> Path:
