@@ -16,6 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from prometheus_client import make_asgi_app
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
                 await holder.reload()
             batcher.start()
             app.state.batcher = batcher
+            app.state.decode_slots = anyio.CapacityLimiter(settings.decode_concurrency)
             log.info("ready model=%s batching=%s", settings.model, settings.batching)
             with _reload_on_sighup(holder):
                 yield

@@ -6,6 +6,7 @@ win over the environment. The app receives the object from `create_app`, never f
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="request body limit (413)")
     max_pixels: int = Field(
         40_000_000, ge=1, description="decoded image size limit, checked before decoding (413)"
+    )
+    decode_concurrency: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="images decoded at once across all requests (default: one per core); the "
+        "others wait, so a burst of large images cannot hold max_pixels of pixels each at once",
     )
     torch_threads: int | None = Field(
         None, ge=1, description="intra-op threads of the runtime (torch or ONNX Runtime)"

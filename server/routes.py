@@ -122,7 +122,8 @@ class ClassifyCall:
                     raise type(exc)(f"file part {i} ({filename}): {exc}") from exc
             return out
 
-        return await anyio.to_thread.run_sync(decode_all)
+        slots = self.request.app.state.decode_slots  # decode_concurrency, across requests
+        return await anyio.to_thread.run_sync(decode_all, limiter=slots)
 
     async def predict(self, x: np.ndarray) -> list[Prediction]:
         """Wait for this image's own result from its batch."""

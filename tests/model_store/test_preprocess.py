@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store import ImageError, ImageTooLarge, decode_image, eval_transform, preprocess_bytes
+from model_store import (
+    ImageError,
+    ImageTooLarge,
+    Preprocess,
+    decode_image,
+    eval_pixels,
+    eval_transform,
+    normalize,
+    preprocess_bytes,
+)
 from tests.conftest import TINY_PRE, png_header
 
 
@@ -81,3 +90,21 @@ def test_a_bomb_past_pillows_own_guard_is_too_large_not_unreadable() -> None:
     """Pillow refuses headers over 2 x MAX_IMAGE_PIXELS itself; that is still 'too large'."""
     with pytest.raises(ImageTooLarge, match="too many pixels"):
         decode_image(png_header(20_000, 20_000), max_pixels=10**9)
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_close_to_the_full_decode() -> None:
+    coarse = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    photo = Image.fromarray(coarse).resize((1600, 1200), Image.Resampling.BILINEAR)
+    data = _encode(photo, "JPEG", quality=90)
+    full, small = decode_image(data, 10**7), decode_image(data, 10**7, min_side=36)
+    assert full.size == (1600, 1200) and small.size == (200, 150)  # 1/8: both sides still >= 36
+    pre = Preprocess(36, 32, (0.5,) * 3, (0.25,) * 3)
+    a, b = eval_pixels(full, pre).astype(int), eval_pixels(small, pre).astype(int)
+    assert np.abs(a - b).max() <= 4  # grey levels, after resize and crop
+    # the server's path takes the reduced decode
+    np.testing.assert_array_equal(
+        preprocess_bytes(data, pre, 10**7), normalize(eval_pixels(small, pre), pre)
+    )
+    # a PNG has no reduced decode: min_side changes nothing
+    png = _encode(photo.resize((400, 300)))
+    assert decode_image(png, 10**7, min_side=36).size == (400, 300)

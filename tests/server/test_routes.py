@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+import threading
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from server import create_app, runner
+from server import create_app, routes, runner
 from server.__main__ import load_model
 from tests.server.conftest import (
     DOMAINS,
@@ -205,3 +209,44 @@ async def test_start_up_loads_the_model_once(store: Path, monkeypatch: pytest.Mo
         ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["version"] == "v1"
     assert len(loads) == 1
+
+
+async def test_decoding_is_bounded_by_decode_concurrency(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three requests at once with decode_concurrency 1: one decodes, two wait for the slot."""
+    entered, release, lock = threading.Semaphore(0), threading.Event(), threading.Lock()
+    active, peak = [0], [0]
+    real = routes.decode
+
+    def held_decode(*args: Any) -> Any:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        entered.release()
+        release.wait()
+        with lock:
+            active[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(routes, "decode", held_decode)
+    app = create_app(settings_for(store, decode_concurrency=1))
+    async with running(app) as client:
+        posts = [
+            asyncio.create_task(
+                client.post(
+                    "/classify?domain=dom0",
+                    content=image_bytes(seed),
+                    headers={"content-type": "image/png"},
+                )
+            )
+            for seed in range(3)
+        ]
+        await anyio.to_thread.run_sync(entered.acquire)  # the first decode is running
+        while app.state.decode_slots.statistics().tasks_waiting < 2:
+            await asyncio.sleep(0.01)  # the other two queue for the slot (no deadline)
+        assert active[0] == 1
+        release.set()
+        answers = await asyncio.gather(*posts)
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert peak[0] == 1

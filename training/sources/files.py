@@ -61,7 +61,9 @@ def decode_files(paths: Sequence[Path], resize: int) -> tuple[Tensor, np.ndarray
 
     def one(path: Path) -> Tensor | None:
         try:
-            return torch.from_numpy(eval_pixels(decode_image(path.read_bytes(), MAX_PIXELS), pre))
+            return torch.from_numpy(
+                eval_pixels(decode_image(path.read_bytes(), MAX_PIXELS, resize), pre)
+            )
         except (ImageError, OSError):
             return None
 
