@@ -1,4 +1,4 @@
-"""`python -m benchmarks [model|server|memory|all] [--quick]`: run, write JSON, regenerate the doc.
+"""`python -m benchmarks [model|server|memory|http|all] [--quick]`: run, write JSON, make the doc.
 
 Full settings are sized so that `all` finishes in under 10 minutes on 2 busy cores; `--quick`
 runs every code path on a tiny network in seconds (the smoke test uses it).
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import levers, memory_bench, model_bench, report, server_bench
+from . import http_bench, levers, memory_bench, model_bench, report, server_bench
 from .common import DOC, RESULTS, ROOT, machine, write_result
 from .workloads import BUNDLED, HEADLINE, Shape
 
@@ -50,6 +50,9 @@ def suites(
     lever_names = LEVERS_QUICK if quick else tuple(levers.LEVERS)
     lever_shape = TINY if quick else HEADLINE
     mem = memory_bench.Settings(16, shape=TINY, domains=2) if quick else memory_bench.Settings(64)
+    web = http_bench.Settings(BUNDLED_STORE, "embedded", "fashion")
+    if quick:
+        web = replace(web, clients=(1, 2), seconds=1.0, warmup_s=0.0, inprocess_seconds=0.05)
     lever_args = {
         "batches": lever_batches,
         "seconds": lever_seconds,
@@ -63,6 +66,7 @@ def suites(
         ],
         "server": [("server", lambda: server_bench.measure(s), s)],
         "memory": [("memory", lambda: memory_bench.measure(mem), mem)],
+        "http": [("http", lambda: http_bench.measure(web), web)],
     }
 
 
@@ -73,7 +77,7 @@ def _settings_dict(settings: object) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "suite", nargs="?", default="all", choices=["model", "server", "memory", "all"]
+        "suite", nargs="?", default="all", choices=["model", "server", "memory", "http", "all"]
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run")
     parser.add_argument(

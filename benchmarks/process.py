@@ -44,15 +44,28 @@ def serve(store: Path, model: str, log_dir: Path, **settings: Any) -> Iterator[S
     port = free_port()
     flags = {"store": store, "model": model, "port": port, "log_level": "warning"} | settings
     args = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BAP_")}
+    with _running([sys.executable, "-m", "server", *args], port, log_dir, {}) as server:
+        yield server
+
+
+@contextmanager
+def serve_plain(store: Path, model: str, domain: str, log_dir: Path) -> Iterator[Server]:
+    """Run benchmarks.plain_app (the plain FastAPI comparison) under uvicorn, like `serve`."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.plain_app:app", f"--port={port}"]
+    command += ["--log-level=warning", "--no-access-log"]
+    env = {"BENCH_STORE": str(store), "BENCH_MODEL": model, "BENCH_DOMAIN": domain}
+    with _running(command, port, log_dir, env) as server:
+        yield server
+
+
+@contextmanager
+def _running(command: list[str], port: int, log_dir: Path, env: dict[str, str]) -> Iterator[Server]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BAP_")}
     log = log_dir / f"server-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env=base | env, stdout=out, stderr=subprocess.STDOUT
         )
     server = Server(f"http://127.0.0.1:{port}", proc.pid)
     try:

@@ -13,12 +13,14 @@ import pytest
 from benchmarks import threads_probe
 from benchmarks.__main__ import main
 from benchmarks.server_bench import SWEEPS
+from benchmarks.wrk import parse
 
 SECTIONS = {
     "model": "## Model level",
     "levers": "## CPU levers",
     "server": "## Server level",
     "memory": "## Memory",
+    "http": "## HTTP",
 }
 
 
@@ -70,6 +72,42 @@ def test_memory_suite(tmp_path: Path) -> None:
     figures = results["memory"]["figures"]
     assert len(figures["single_servers"]) == figures["domains"]
     assert figures["one_server"]["rss"] > 0
+
+
+@pytest.mark.slow
+def test_http_suite(tmp_path: Path) -> None:
+    """Our server, the plain FastAPI app and the body-only route each answered wrk without an
+    error, and the ratios the targets table quotes were computed."""
+    results, text = run_suite("http", tmp_path)
+    rows = results["http"]["figures"]["rows"]
+    assert {(r["app"], r["clients"]) for r in rows} == {
+        (app, c) for app in ("ours", "plain FastAPI", "body only") for c in (1, 2)
+    }
+    assert all(r["req_per_s"] > 0 and r["non_2xx"] == 0 and not r["socket_errors"] for r in rows)
+    assert results["http"]["figures"]["runtime"] == "onnx"  # the bundled model has its graphs
+    assert "ours ÷ plain FastAPI" in text and "in-process decode + forward" in text
+
+
+def test_wrk_report_is_parsed() -> None:
+    out = """Running 1s test @ http://127.0.0.1:1/x
+  Latency Distribution
+     50%  812.00us
+     75%    1.02ms
+     90%    1.50ms
+     99%    2.10s
+  1234 requests in 1.00s, 200.00KB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:   1234.56
+"""
+    got = parse(out)
+    assert got == {
+        "req_per_s": 1234.56,
+        "p50_ms": 0.812,
+        "p90_ms": 1.5,
+        "p99_ms": 2100.0,
+        "non_2xx": 3,
+        "socket_errors": 0,
+    }
 
 
 def test_threads_probe_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
