@@ -120,6 +120,6 @@ class Settings(BaseSettings):
         return value
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings, as a dependency (tests build apps with other settings)."""
     return request.app.state.settings

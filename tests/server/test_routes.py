@@ -220,6 +220,8 @@ async def test_decoding_is_bounded_by_decode_concurrency(
     real = routes.decode
 
     def held_decode(*args: Any) -> Any:
+        if args[-1] <= routes.INLINE_DECODE_PIXELS:  # the inline try: refuses these images
+            return real(*args)
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
@@ -236,7 +238,7 @@ async def test_decoding_is_bounded_by_decode_concurrency(
             asyncio.create_task(
                 client.post(
                     "/classify?domain=dom0",
-                    content=image_bytes(seed),
+                    content=image_bytes(seed, size=(200, 150)),
                     headers={"content-type": "image/png"},
                 )
             )
@@ -250,3 +252,27 @@ async def test_decoding_is_bounded_by_decode_concurrency(
         answers = await asyncio.gather(*posts)
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert peak[0] == 1
+
+
+async def test_a_small_image_decodes_on_the_loop_and_a_large_one_in_a_thread(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[tuple[int, bool]] = []
+    real = routes.decode
+
+    def recording_decode(*args: Any) -> Any:
+        out = real(*args)  # raises for an image over the inline size: not recorded
+        threads.append((args[-1], threading.current_thread() is threading.main_thread()))
+        return out
+
+    monkeypatch.setattr(routes, "decode", recording_decode)
+    async with serving(store) as client:
+        for size in [(22, 19), (200, 150)]:
+            r = await client.post(
+                "/classify?domain=dom0",
+                content=image_bytes(0, size=size),
+                headers={"content-type": "image/png"},
+            )
+            assert r.status_code == 200, r.text
+    limit = settings_for(store).max_pixels
+    assert threads == [(routes.INLINE_DECODE_PIXELS, True), (limit, False)]
