@@ -7,6 +7,9 @@ Cases, for each batch size (medians after warm-up, `torch.inference_mode`, as th
   domain's own filters (`domain_view(model, d)(x, 0)`), and a batch mixing all domains
   (`forward_mixed`). Union + mask computes the same filters for every domain, so it is timed
   on domain 0; the own-filter views differ per domain, so each domain is timed.
+- the same reference and own-filter views exported to ONNX and run in ONNX Runtime, as the
+  server runs them (`model_store.graphs.domain_graph`): "full, ONNX Runtime" and "own filters,
+  ONNX Runtime", so the pruned speed-up through the runtime is their ratio.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from model_store import (
     load_version,
     prune_to_union,
 )
+from model_store.graphs import domain_graph
+from model_store.onnx_runtime import make_session
 
 from .common import Timing, peak_rss_delta, time_calls
 from .workloads import Shape, domain_fraction, executed_macs, masked_network
@@ -65,6 +70,7 @@ def cases(shape: Shape, budgets: tuple[float, ...]) -> list[Case]:
     masked = masked_network(shape, NUM_DOMAINS, budgets[0], seed=1)
     out = [
         reference(shape),
+        reference_ort(shape),
         Case(
             "multi-domain, masked",
             "all filters + mask",
@@ -80,9 +86,25 @@ def cases(shape: Shape, budgets: tuple[float, ...]) -> list[Case]:
     return out
 
 
+ORT = ", ONNX Runtime"
+
+
 def reference(shape: Shape) -> Case:
     single = masked_network(shape, 1, 1.0, seed=0)
     return Case("single-domain ResNet-26", "full", None, 0, executed_macs(single), _on(single, 0))
+
+
+def reference_ort(shape: Shape) -> Case:
+    single = masked_network(shape, 1, 1.0, seed=0)
+    return Case(
+        "single-domain ResNet-26", "full" + ORT, None, 0, executed_macs(single), _ort(single)
+    )
+
+
+def _ort(view: MultiDomainResNet) -> Callable[[Tensor], object]:
+    """One domain's view (or a one-domain network) compiled and run as the server runs it."""
+    session = make_session(domain_graph(view))
+    return lambda x: session.run(None, {"x": x.numpy()})
 
 
 def pruned_cases(pruned: MultiDomainResNet, network: str, budget: float) -> list[Case]:
@@ -109,8 +131,21 @@ def pruned_cases(pruned: MultiDomainResNet, network: str, budget: float) -> list
         for d in range(len(pruned.domain_names))
         for view in [domain_view(pruned, d).eval()]
     ]
+    compiled = [
+        Case(
+            network,
+            "own filters" + ORT,
+            budget,
+            d,
+            executed_macs(view),
+            _ort(view),
+            domain_fraction(pruned, d),
+        )
+        for d in range(len(pruned.domain_names))
+        for view in [domain_view(pruned, d).eval()]
+    ]
     mixed = Case(network, "mixed batch", budget, "all", executed_macs(pruned), _mixed(pruned))
-    return [union, *views, mixed]
+    return [union, *views, *compiled, mixed]
 
 
 def bundled_cases(store: Path, name: str) -> tuple[str, Shape, list[Case]] | None:
@@ -122,7 +157,7 @@ def bundled_cases(store: Path, name: str) -> tuple[str, Shape, list[Case]] | Non
         return None
     shape = Shape(manifest.spec.input_size, manifest.spec.width)
     label = f"bundled {name} {manifest.version}"
-    real = [reference(shape), *pruned_cases(model, label, manifest.budget)]
+    real = [reference(shape), reference_ort(shape), *pruned_cases(model, label, manifest.budget)]
     return f"{label} ({shape.label})", shape, real
 
 

@@ -247,6 +247,46 @@ def memory_section(result: dict[str, Any]) -> str:
     )
 
 
+def _runtime_targets(rows: list[Row], shape: str, budget: float = 0.5) -> list[list[object]]:
+    """Issue 12: the pruned speed-up through ONNX Runtime at the largest batch, against the
+    unpruned network in ONNX Runtime, as a share of the MACs ratio; and ORT vs torch."""
+    batch = max(r["batch"] for r in rows)
+
+    def ms(strategy: str, at: float | None) -> float | None:
+        found = [
+            r["ms"]
+            for r in rows
+            if (r["shape"], r["batch"], r["strategy"], r["budget"]) == (shape, batch, strategy, at)
+        ]
+        return statistics.median(found) if found else None
+
+    full, own = ms("full, ONNX Runtime", None), ms("own filters, ONNX Runtime", budget)
+    own_torch = ms("own filters", budget)
+    macs = [
+        r["macs_ratio"]
+        for r in rows
+        if (r["shape"], r["batch"], r["strategy"], r["budget"])
+        == (shape, batch, "own filters", budget)
+    ]
+    if full is None or own is None or own_torch is None or not macs:
+        return []
+    speedup, ratio = full / own, statistics.median(macs)
+    return [
+        [
+            f"pruned ÷ unpruned through ONNX Runtime, batch {batch}, β={budget} ({shape})",
+            f"{speedup:.2f}x = {speedup / ratio:.2f} of the MACs ratio {ratio:.2f}x",
+            "≥ 0.7 of it",
+            _ok(speedup >= 0.7 * ratio),
+        ],
+        [
+            "the same pruned views: ONNX Runtime vs torch",
+            f"{own:.1f} vs {own_torch:.1f} ms",
+            "faster",
+            _ok(own < own_torch),
+        ],
+    ]
+
+
 def _http_ratios(f: dict[str, Any]) -> dict[str, float]:
     """The issue-12 ratios of one http run (same wrk client, same image)."""
     at = {(r["app"], r["clients"]): r for r in f["rows"]}
@@ -308,6 +348,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
                     _ok(speed >= 0.8 * ratio),
                 ]
             )
+        out += _runtime_targets(rows, shape)
     if "server" in results:
         points = results["server"]["figures"]["points"]
         sat = [

@@ -76,6 +76,13 @@ def _onnx_bytes(module: nn.Module, inputs: tuple[Tensor, ...], names: list[str])
 
 
 @torch.no_grad()
+def domain_graph(view: MultiDomainResNet) -> bytes:
+    """The ONNX graph of one domain's view (`domain_view`): input `x`, output `logits`."""
+    side = view.spec.input_size
+    return _onnx_bytes(_DomainGraph(view.eval()), (torch.zeros(2, 3, side, side),), ["x"])
+
+
+@torch.no_grad()
 def export_graphs(model: MultiDomainResNet, folder: Path) -> list[str]:
     """Write every domain's graph and the mixed graph under folder/graphs; returns their
     manifest keys. `model` is the stored (pruned, eval) network of the version."""
@@ -84,7 +91,7 @@ def export_graphs(model: MultiDomainResNet, folder: Path) -> list[str]:
     (Path(folder) / GRAPH_DIR / "domains").mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, side, side)
     graphs = {
-        domain_key(name): _onnx_bytes(_DomainGraph(domain_view(model, d)), (example,), ["x"])
+        domain_key(name): domain_graph(domain_view(model, d))
         for d, name in enumerate(model.spec.domain_names)
     }
     mixed_inputs = (example, torch.zeros(2, dtype=torch.long))

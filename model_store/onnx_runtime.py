@@ -25,12 +25,23 @@ def domain_key(domain: str) -> str:
     return f"{GRAPH_DIR}/domains/{domain}.onnx"
 
 
+def make_session(model: str | bytes, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of a graph (file path or bytes), every optimisation on."""
+    options = ort.SessionOptions()
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxGraphs:
     """One session per domain's own view and one for the mixed union network."""
 
     name = "onnx"
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int | None = None):
+        folder = Path(folder)
         names = manifest.spec.domain_names
         missing = [k for k in [*map(domain_key, names), MIXED_KEY] if k not in manifest.files]
         if missing:
@@ -38,19 +49,8 @@ class OnnxGraphs:
                 f"{folder}: no compiled graphs {missing} in the manifest; export them with "
                 f"`python -m model_store export-graphs {manifest.version}`"
             )
-        options = ort.SessionOptions()
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-
-        def session(key: str) -> ort.InferenceSession:
-            return ort.InferenceSession(
-                str(Path(folder) / key), options, providers=["CPUExecutionProvider"]
-            )
-
-        self.domains = {name: session(domain_key(name)) for name in names}
-        self.mixed = session(MIXED_KEY)
+        self.domains = {n: make_session(str(folder / domain_key(n)), threads) for n in names}
+        self.mixed = make_session(str(folder / MIXED_KEY), threads)
         counts = [len(d.labels) for d in manifest.spec.domains]
         self.columns = np.cumsum([0, *counts])  # domain d's logits: columns[d]:columns[d + 1]
 

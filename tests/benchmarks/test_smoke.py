@@ -51,6 +51,8 @@ def test_model_suite(tmp_path: Path) -> None:
         "union + mask",
         "own filters",
         "mixed batch",
+        "full, ONNX Runtime",
+        "own filters, ONNX Runtime",
     } <= strategies
     assert all(r["ms"] > 0 and r["macs_ratio"] >= 1 for r in rows)
     levers = {r["lever"] for r in results["levers"]["figures"]["rows"]}
