@@ -14,6 +14,7 @@ from .manifest import (
     ArtifactError,
     DomainMetrics,
     Manifest,
+    add_files,
     read_manifest,
     sha256_file,
     verify_files,
@@ -57,6 +58,10 @@ _LAZY = {
     "resnet26_decathlon": "network",
     "MIXED_KEY": "onnx_runtime",
     "OnnxGraphs": "onnx_runtime",
+    "PRECISIONS": "onnx_runtime",
+    "domain_key": "onnx_runtime",
+    "make_session": "onnx_runtime",
+    "mixed_key": "onnx_runtime",
     "domain_filters": "slicing",
     "domain_view": "slicing",
     "prune_to_union": "slicing",
@@ -80,7 +85,14 @@ if TYPE_CHECKING:
     )
     from .layers import DomainBatchNorm
     from .network import ARCH_BUILDERS, MultiDomainResNet, build_model, resnet26_decathlon
-    from .onnx_runtime import MIXED_KEY, OnnxGraphs
+    from .onnx_runtime import (
+        MIXED_KEY,
+        PRECISIONS,
+        OnnxGraphs,
+        domain_key,
+        make_session,
+        mixed_key,
+    )
     from .slicing import domain_filters, domain_view, prune_to_union, slice_network, union_filters
     from .torch_runtime import TorchRuntime
 
@@ -108,9 +120,12 @@ __all__ = [
     "ModelSpec",
     "MultiDomainResNet",
     "OnnxGraphs",
+    "PRECISIONS",
     "Preprocess",
     "SpecError",
     "TorchRuntime",
+    "add_files",
+    "domain_key",
     "domain_name_problems",
     "baseline_cost",
     "build_model",
@@ -127,6 +142,8 @@ __all__ = [
     "independent_parameters",
     "list_versions",
     "load_version",
+    "make_session",
+    "mixed_key",
     "model_parameters",
     "normalize",
     "preprocess_bytes",

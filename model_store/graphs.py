@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from .artifact import read_artifact
 from .layers import MixedRoute
-from .manifest import MANIFEST, Manifest, sha256_file, write_atomic
+from .manifest import Manifest, add_files
 from .network import MultiDomainResNet
-from .onnx_runtime import GRAPH_DIR, MIXED_KEY, domain_key
+from .onnx_runtime import MIXED_KEY, domain_key
 from .slicing import domain_view
 
 OPSET = 17
@@ -83,32 +83,23 @@ def domain_graph(view: MultiDomainResNet) -> bytes:
 
 
 @torch.no_grad()
-def export_graphs(model: MultiDomainResNet, folder: Path) -> list[str]:
-    """Write every domain's graph and the mixed graph under folder/graphs; returns their
-    manifest keys. `model` is the stored (pruned, eval) network of the version."""
+def export_graphs(model: MultiDomainResNet) -> dict[str, bytes]:
+    """Every domain's graph and the mixed graph of the stored (pruned, eval) network of a
+    version, by manifest key."""
     model = model.eval()
     side = model.spec.input_size
-    (Path(folder) / GRAPH_DIR / "domains").mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, 3, side, side)
     graphs = {
         domain_key(name): domain_graph(domain_view(model, d))
         for d, name in enumerate(model.spec.domain_names)
     }
-    mixed_inputs = (example, torch.zeros(2, dtype=torch.long))
+    mixed_inputs = (torch.zeros(2, 3, side, side), torch.zeros(2, dtype=torch.long))
     graphs[MIXED_KEY] = _onnx_bytes(_MixedGraph(model), mixed_inputs, ["x", "domains"])
-    for key, data in graphs.items():
-        write_atomic(Path(folder) / key, data)
-    return list(graphs)
+    return graphs
 
 
 def add_graphs(folder: Path) -> Manifest:
     """Export the graphs of an existing, verified version into its folder and list them (size,
-    SHA-256) in its manifest, which is replaced atomically. The one change a published version
-    accepts: it adds files and alters none of the ones already listed."""
+    SHA-256) in its manifest, which is replaced atomically."""
     folder = Path(folder)
     manifest, model = read_artifact(folder)
-    for key in export_graphs(model, folder):
-        path = folder / key
-        manifest.files[key] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    write_atomic(folder / MANIFEST, manifest.to_json().encode())
-    return manifest
+    return add_files(folder, manifest, export_graphs(model))

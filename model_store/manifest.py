@@ -151,3 +151,20 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
             raise ArtifactError(
                 f"{path}: SHA-256 does not match the manifest (corrupt or tampered)"
             )
+
+
+def add_files(folder: Path, manifest: Manifest, files: dict[str, bytes]) -> Manifest:
+    """Add files (key: path in the version folder) to a published version and list them (size,
+    SHA-256) in its manifest, which is then replaced atomically. The one change a published
+    version accepts: new files (compiled graphs) and what was measured of them; the files it
+    already lists are never altered."""
+    clash = sorted(set(files) & set(manifest.files))
+    if clash:
+        raise ArtifactError(f"{folder}: {clash} already listed; a version's files never change")
+    for key, data in files.items():
+        path = folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+        manifest.files[key] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    write_atomic(folder / MANIFEST, manifest.to_json().encode())
+    return manifest

@@ -15,14 +15,26 @@ import onnxruntime as ort
 from .manifest import ArtifactError, Manifest
 
 GRAPH_DIR = "graphs"
+PRECISIONS = ("fp32", "int8")  # int8: `python -m training quantize` adds graphs/int8/...
 
 
-MIXED_KEY = f"{GRAPH_DIR}/mixed.onnx"
+def _root(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    return GRAPH_DIR if precision == "fp32" else f"{GRAPH_DIR}/{precision}"
 
 
-def domain_key(domain: str) -> str:
+def domain_key(domain: str, precision: str = "fp32") -> str:
     """The manifest key (path in the version folder) of one domain's graph."""
-    return f"{GRAPH_DIR}/domains/{domain}.onnx"
+    return f"{_root(precision)}/domains/{domain}.onnx"
+
+
+def mixed_key(precision: str = "fp32") -> str:
+    """The manifest key of the mixed union network's graph."""
+    return f"{_root(precision)}/mixed.onnx"
+
+
+MIXED_KEY = mixed_key()
 
 
 def make_session(model: str | bytes, threads: int | None = None) -> ort.InferenceSession:
@@ -40,17 +52,28 @@ class OnnxGraphs:
 
     name = "onnx"
 
-    def __init__(self, folder: Path, manifest: Manifest, threads: int | None = None):
-        folder = Path(folder)
-        names = manifest.spec.domain_names
-        missing = [k for k in [*map(domain_key, names), MIXED_KEY] if k not in manifest.files]
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        threads: int | None = None,
+        precision: str = "fp32",
+    ):
+        folder, names = Path(folder), manifest.spec.domain_names
+        keys = {n: domain_key(n, precision) for n in names}
+        missing = [k for k in [*keys.values(), mixed_key(precision)] if k not in manifest.files]
         if missing:
+            v = manifest.version
+            make = f"model_store export-graphs {v}"
+            if precision != "fp32":
+                make = f"training quantize --version {v}"
             raise ArtifactError(
-                f"{folder}: no compiled graphs {missing} in the manifest; export them with "
-                f"`python -m model_store export-graphs {manifest.version}`"
+                f"{folder}: no {precision} graphs {missing} in the manifest; make them with "
+                f"`python -m {make}`"
             )
-        self.domains = {n: make_session(str(folder / domain_key(n)), threads) for n in names}
-        self.mixed = make_session(str(folder / MIXED_KEY), threads)
+        self.precision = precision
+        self.domains = {n: make_session(str(folder / keys[n]), threads) for n in names}
+        self.mixed = make_session(str(folder / mixed_key(precision)), threads)
         counts = [len(d.labels) for d in manifest.spec.domains]
         self.columns = np.cumsum([0, *counts])  # domain d's logits: columns[d]:columns[d + 1]
 

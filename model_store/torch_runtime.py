@@ -24,6 +24,7 @@ class TorchRuntime:
     """Every domain's view and the mixed union network, in torch."""
 
     name = "torch"
+    precision = "fp32"
 
     def __init__(self, model: MultiDomainResNet, threads: int | None = None):
         self.model = _channels_last(model)

@@ -17,7 +17,7 @@ from model_store import ArtifactError
 
 from .app import create_app
 from .config import Settings
-from .runner import Served, setup
+from .runner import Served, load_served
 
 log = logging.getLogger("server")
 
@@ -53,7 +53,7 @@ def load_model(settings: Settings) -> Served:
     """Load, verify and warm the version to serve, once, before uvicorn starts; if there is
     no good one, exit with one line naming the fix instead of a traceback."""
     try:
-        return setup(settings.store, settings.model, settings.runtime, settings.torch_threads)
+        return load_served(settings)
     except (ArtifactError, OSError, ValueError) as exc:
         sys.exit(
             f"bap-serve: cannot serve model {settings.model!r} from store {settings.store}: {exc}\n"

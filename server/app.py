@@ -15,6 +15,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import anyio
 from fastapi import FastAPI
@@ -29,7 +30,7 @@ from .config import Settings
 from .holder import CandidateRefused, ModelHolder
 from .metrics import Metrics
 from .middleware import BodyLimit, RequestMetrics
-from .runner import Served, predict
+from .runner import Served, load_served, predict
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
     the CLI already loaded, verified and warmed, so start-up reads the weights once)."""
     settings = settings or Settings()
     metrics = Metrics()
-    holder = ModelHolder(
-        settings.store, settings.model, metrics, settings.runtime, settings.torch_threads
-    )
+    holder = ModelHolder(settings.store, settings.model, metrics, partial(load_served, settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         description="onnx: the version's compiled graphs (refused without them); torch; "
         "auto: onnx when the version carries graphs (python -m model_store export-graphs)",
     )
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="int8: the version's int8 graphs (python -m training quantize adds them, "
+        "with their test accuracy, shown in /domains); fp32 otherwise",
+    )
     admin_token: SecretStr | None = Field(
         None, description=f"enables POST /admin/reload; {MIN_TOKEN_LENGTH}+ characters"
     )

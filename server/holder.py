@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -17,7 +18,7 @@ import anyio
 from model_store import ArtifactError
 
 from .metrics import Metrics
-from .runner import Served, setup
+from .runner import Served
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +30,9 @@ class CandidateRefused(Exception):
 class ModelHolder:
     """Holds the served version; reloads are serialised so two never race."""
 
-    def __init__(
-        self,
-        store: Path,
-        name: str,
-        metrics: Metrics,
-        runtime: str = "auto",
-        threads: int | None = None,
-    ):
-        self.store, self.name, self._metrics = store, name, metrics
-        self.runtime, self.threads = runtime, threads
+    def __init__(self, store: Path, name: str, metrics: Metrics, load: Callable[[], Served]):
+        """`load` builds a candidate from CURRENT (runner.setup with the settings bound)."""
+        self.store, self.name, self._metrics, self._load = store, name, metrics, load
         self.current: Served | None = None
         self._lock = asyncio.Lock()
 
@@ -46,9 +40,7 @@ class ModelHolder:
         """Load CURRENT again and swap it in; CandidateRefused (old version kept) if it is bad."""
         async with self._lock:
             try:
-                candidate = await anyio.to_thread.run_sync(
-                    setup, self.store, self.name, self.runtime, self.threads
-                )
+                candidate = await anyio.to_thread.run_sync(self._load)
             except Exception as exc:  # any failure refuses the candidate, never the old version
                 self._metrics.reloads.labels("refused").inc()
                 expected = isinstance(exc, ArtifactError | OSError | ValueError)

@@ -197,14 +197,21 @@ async def classify_batch(call: Call) -> BatchResponse:
 async def domains(served: ServedDep) -> DomainsResponse:
     """Every domain with its labels and measured cost, and the model's budget and totals."""
     m = served.manifest
+    int8 = m.training.get("int8", {}).get("domains", {})
     infos = [
-        DomainInfo(name=d.name, labels=list(d.labels), **vars(m.domains[d.name]))
+        DomainInfo(
+            name=d.name,
+            labels=list(d.labels),
+            accuracy_int8=int8.get(d.name, {}).get("accuracy_int8"),
+            **vars(m.domains[d.name]),
+        )
         for d in m.spec.domains
     ]
     return DomainsResponse(
         model=m.name,
         version=m.version,
         runtime=served.runtime.name,
+        precision=served.runtime.precision,
         budget=m.budget,
         budget_unit=m.budget_unit,
         totals=m.totals,
@@ -229,6 +236,7 @@ async def readyz(served: ServedDep, batcher: BatcherDep) -> Ready:
         model=served.manifest.name,
         version=served.version,
         runtime=served.runtime.name,
+        precision=served.runtime.precision,
     )
 
 

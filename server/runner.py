@@ -33,10 +33,21 @@ from .batching import Batch
 from .schemas import Prediction
 
 
+class ServedSettings(Protocol):
+    """What `load_served` reads of server.config.Settings (kept free of pydantic here)."""
+
+    store: Path
+    model: str
+    runtime: str
+    torch_threads: int | None
+    precision: str
+
+
 class Runtime(Protocol):
     """What runs the batches: model_store's OnnxGraphs or TorchRuntime."""
 
     name: str
+    precision: str
 
     def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray: ...
 
@@ -60,16 +71,24 @@ class Served:
         return self.manifest.version
 
 
-def load_runtime(folder: Path, runtime: str, threads: int | None) -> tuple[Manifest, Runtime]:
+def load_runtime(
+    folder: Path, runtime: str, threads: int | None, precision: str = "fp32"
+) -> tuple[Manifest, Runtime]:
     """The verified manifest and the runtime for a version folder. ONNX Runtime needs only the
     manifest and the graphs (every listed file's SHA-256 checked, weights included): torch is
-    imported only when the torch modules run."""
+    imported only when the torch modules run. int8 exists only as graphs."""
     manifest = read_manifest(folder)
-    if runtime == "onnx" or (runtime == "auto" and MIXED_KEY in manifest.files):
+    onnx = runtime == "onnx" or (runtime == "auto" and MIXED_KEY in manifest.files)
+    if precision != "fp32" and not onnx:
+        raise ArtifactError(
+            f"{folder}: {precision} runs only as compiled graphs; this version is served by "
+            f"torch (runtime {runtime!r}): use runtime onnx or auto with exported graphs"
+        )
+    if onnx:
         verify_files(folder, manifest)
         from model_store import OnnxGraphs
 
-        return manifest, OnnxGraphs(folder, manifest, threads)
+        return manifest, OnnxGraphs(folder, manifest, threads, precision)
     try:
         from model_store import TorchRuntime, read_artifact
     except ImportError as exc:  # the server-only install (the Docker image) has no torch
@@ -81,13 +100,26 @@ def load_runtime(folder: Path, runtime: str, threads: int | None) -> tuple[Manif
     return manifest, TorchRuntime(model, threads)
 
 
-def setup(store: Path, name: str, runtime: str = "auto", threads: int | None = None) -> Served:
+def setup(
+    store: Path,
+    name: str,
+    runtime: str = "auto",
+    threads: int | None = None,
+    precision: str = "fp32",
+) -> Served:
     """Load CURRENT (sha256-verified, graphs included), build the runtime, warm every path."""
     started = time.monotonic()
-    served = Served(*load_runtime(version_path(store, name), runtime, threads))
+    served = Served(*load_runtime(version_path(store, name), runtime, threads, precision))
     warm_up(served)
     served.load_seconds = time.monotonic() - started
     return served
+
+
+def load_served(settings: ServedSettings) -> Served:
+    """`setup` with the server's settings (store, model, runtime, threads, precision)."""
+    return setup(
+        settings.store, settings.model, settings.runtime, settings.torch_threads, settings.precision
+    )
 
 
 def warm_up(served: Served) -> None:

@@ -31,7 +31,10 @@ class BatchResponse(BaseModel):
 class DomainInfo(BaseModel):
     name: str
     labels: list[str]
-    accuracy: float | None = Field(description="test accuracy measured at publish time")
+    accuracy: float | None = Field(description="test accuracy measured at publish time (fp32)")
+    accuracy_int8: float | None = Field(
+        None, description="test accuracy through the int8 graphs, if the version has them"
+    )
     parameters: int = Field(description="parameters this domain's own filters use")
     macs: int = Field(description="multiply-accumulates per image")
     cost_fraction: float = Field(description="cost vs the single-domain backbone (budget unit)")
@@ -41,6 +44,7 @@ class DomainsResponse(BaseModel):
     model: str
     version: str
     runtime: str = Field(description="what runs the batches: onnx (compiled graphs) or torch")
+    precision: str = Field(description="fp32, or int8 (BAP_PRECISION) graphs")
     budget: float
     budget_unit: str
     totals: dict[str, float]
@@ -56,6 +60,7 @@ class Ready(BaseModel):
     model: str
     version: str
     runtime: str
+    precision: str
 
 
 class Reloaded(BaseModel):

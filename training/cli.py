@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    q = sub.add_parser(
+        "quantize", help="add int8 graphs to a version, their accuracy measured on the test sets"
+    )
+    _store_args(q)
+    q.add_argument("--version", help="version to use (default CURRENT)")
+    q.add_argument(
+        "--calibration-images", type=int, default=512, help="training images per domain (512)"
+    )
+
     for name, text in (
         ("evaluate", "re-measure a stored version on its domains' test data"),
         ("inspect", "show a stored version's manifest"),
@@ -205,6 +214,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import quantize_version  # ONNX Runtime's quantizer, only for this command
+
+    if args.calibration_images < 1:
+        raise ValueError("--calibration-images must be at least 1")
+    manifest = quantize_version(args.store, _name(args), args.version, args.calibration_images)
+    rows = manifest.training["int8"]["domains"]
+    _print(
+        f"{manifest.name} {manifest.version}: int8 graphs added; test accuracy fp32 -> int8: "
+        + ", ".join(
+            f"{d} {r['accuracy_fp32']:.4f} -> {r['accuracy_int8']:.4f}" for d, r in rows.items()
+        )
+    )
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     folder = version_path(args.store, _name(args), args.version)
     manifest, model = read_artifact(folder)
@@ -250,6 +275,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "inspect": cmd_inspect,
+    "quantize": cmd_quantize,
 }
 
 

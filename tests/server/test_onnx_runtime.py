@@ -109,3 +109,10 @@ def test_without_torch_a_version_without_graphs_names_the_export(store: Path) ->
     assert run.returncode != 0
     assert "has no compiled graphs and this install has no torch" in run.stderr
     assert "python -m model_store export-graphs v1" in run.stderr
+
+
+def test_int8_needs_the_int8_graphs_and_the_graph_runtime(compiled_store: Path) -> None:
+    with pytest.raises(SystemExit, match="training quantize --version v1"):
+        load_model(settings_for(compiled_store, precision="int8"))
+    with pytest.raises(SystemExit, match="int8 runs only as compiled graphs"):
+        load_model(settings_for(compiled_store, precision="int8", runtime="torch"))

@@ -138,6 +138,7 @@ async def test_domains_lists_labels_costs_budget_and_totals(store: Path) -> None
         "name": "dom0",
         "labels": ["c0", "c1", "c2"],
         "accuracy": 0.9,
+        "accuracy_int8": None,  # no int8 graphs in this version
         "parameters": 1000,
         "macs": 5000,
         "cost_fraction": 0.4,
@@ -153,7 +154,13 @@ async def test_health_ready_docs_and_metrics(store: Path) -> None:
         metrics = await client.get("/metrics")
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "model": "tiny", "version": "v1", "runtime": "torch"}
+    assert ready.json() == {
+        "status": "ready",
+        "model": "tiny",
+        "version": "v1",
+        "runtime": "torch",
+        "precision": "fp32",
+    }
     assert docs.status_code == 200
     assert {"/classify", "/classify/batch", "/domains", "/readyz"} <= set(schema["paths"])
     form = schema["paths"]["/classify/batch"]["post"]["requestBody"]["content"]

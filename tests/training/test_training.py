@@ -6,10 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from model_store import cost_fraction, load_version, union_filters
+from model_store import (
+    cost_fraction,
+    domain_key,
+    load_version,
+    mixed_key,
+    read_artifact,
+    union_filters,
+)
+from server.batching import Batch
+from server.runner import predict, setup
 from tests.recount import executed_macs, held_parameters
 from tests.training.conftest import tiny_config
 from training import trainer as trainer_module
@@ -142,6 +152,33 @@ def test_cli_trains_publishes_and_inspects(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stderr
         json.loads(out.stdout)
+
+    # int8 graphs: calibrated, measured on the test split, listed under the SHA-256 check
+    quant = subprocess.run(
+        [*cmd, "quantize", "--store", str(store), "--name", "smoke", "--calibration-images", "32"],
+        capture_output=True,
+        text=True,
+    )
+    assert quant.returncode == 0, quant.stderr
+    assert "int8 graphs added" in quant.stdout
+    manifest, _ = read_artifact(store / "smoke" / manifest.version)  # every file verified
+    record = manifest.training["int8"]
+    assert record["calibration_images"] == 32
+    assert set(record["domains"]) == set(manifest.spec.domain_names)
+    assert all(0 <= r["accuracy_int8"] <= 1 for r in record["domains"].values())
+    assert {domain_key(d, "int8") for d in manifest.spec.domain_names} | {mixed_key("int8")} <= set(
+        manifest.files
+    )
+    served = setup(store, "smoke", precision="int8")
+    assert served.runtime.precision == "int8"
+    names = list(manifest.spec.domain_names)
+    images = [np.zeros((3, 16, 16), np.float32)] * len(names)
+    probs = predict(Batch(served, "mixed", names, images, [0.0] * len(names)))
+    assert all(abs(float(p.sum()) - 1) < 1e-5 for p in probs)
+    again = subprocess.run(
+        [*cmd, "quantize", "--store", str(store), "--name", "smoke"], capture_output=True, text=True
+    )
+    assert again.returncode == 2 and "already listed" in again.stderr
 
 
 def test_cli_refuses_bad_input_with_a_message(tmp_path: Path) -> None:
