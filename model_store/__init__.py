@@ -68,6 +68,7 @@ _LAZY = {
     "slice_network": "slicing",
     "union_filters": "slicing",
     "TorchRuntime": "torch_runtime",
+    "filter_map": "filter_map",
 }
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
         shared_fraction,
         single_domain_parameters,
     )
+    from .filter_map import filter_map
     from .layers import DomainBatchNorm
     from .network import ARCH_BUILDERS, MultiDomainResNet, build_model, resnet26_decathlon
     from .onnx_runtime import (
@@ -138,6 +140,7 @@ __all__ = [
     "eval_pixels",
     "eval_transform",
     "filter_costs",
+    "filter_map",
     "image_to_uint8",
     "independent_parameters",
     "list_versions",

@@ -10,7 +10,8 @@
 #                       bare "torch": that is a CUDA build)
 #   BAP_TORCH_INDEX     extra index for torch, e.g. PyTorch's CPU index
 #   BAP_SYSTEM_PACKAGES Debian packages to add when root           (default: Fashion-MNIST, Prometheus,
-#                       and wrk, the load generator of `make bench`)
+#                       wrk (the load generator of `make bench`), Chromium and chromedriver (the
+#                       browser tests))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ stamp="$venv/.bap-installed-$extras"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
-  for pkg in ${BAP_SYSTEM_PACKAGES-dataset-fashion-mnist prometheus wrk}; do
+  for pkg in ${BAP_SYSTEM_PACKAGES-dataset-fashion-mnist prometheus wrk chromium chromium-driver}; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then

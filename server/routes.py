@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse
 from starlette.datastructures import UploadFile
 
 from model_store import ImageError, ImageTooLarge
@@ -25,6 +27,7 @@ from .schemas import (
     DomainInfo,
     DomainsResponse,
     ErrorBody,
+    FiltersResponse,
     Prediction,
     Ready,
     Reloaded,
@@ -75,6 +78,8 @@ FORM_BODY = {
 }
 
 router = APIRouter()
+# Plain HTML + JS, no build step and no other host: read once, at import.
+DEMO_PAGE = (Path(__file__).parent / "static" / "demo.html").read_text()
 # A single image up to this size is decoded on the event loop (a 28 px PNG takes ~50 us; the
 # hop to a worker thread cost more in py-spy profiles); larger ones go to the decode threads.
 INLINE_DECODE_PIXELS = 128 * 128
@@ -217,6 +222,21 @@ async def domains(served: ServedDep) -> DomainsResponse:
         totals=m.totals,
         domains=infos,
     )
+
+
+@router.get(
+    "/domains/filters", response_model=FiltersResponse, responses={503: {"model": ErrorBody}}
+)
+async def domain_filters(served: ServedDep) -> FiltersResponse:
+    """Which filters each domain uses in each gated conv, and which all share (the union is
+    what pruning kept)."""
+    return FiltersResponse(version=served.version, blocks=served.filters)
+
+
+@router.get("/", include_in_schema=False)
+async def demo_page() -> HTMLResponse:
+    """A page for a person: classify an image, see a domain's cost and the filter map."""
+    return HTMLResponse(DEMO_PAGE)
 
 
 @router.get("/healthz", response_model=Status)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from model_store import (
     MIXED_KEY,
     ArtifactError,
     Manifest,
+    filter_map,
     preprocess_bytes,
     read_manifest,
     verify_files,
@@ -60,6 +61,7 @@ class Served:
 
     manifest: Manifest
     runtime: Runtime
+    filters: list[dict[str, Any]]  # model_store.filter_map: the demo page's picture
     load_seconds: float = 0.0
     index: dict[str, int] = field(init=False)  # domain name -> its number in the spec
 
@@ -109,7 +111,9 @@ def setup(
 ) -> Served:
     """Load CURRENT (sha256-verified, graphs included), build the runtime, warm every path."""
     started = time.monotonic()
-    served = Served(*load_runtime(version_path(store, name), runtime, threads, precision))
+    folder = version_path(store, name)
+    manifest, graphs = load_runtime(folder, runtime, threads, precision)
+    served = Served(manifest, graphs, filter_map(folder, manifest))
     warm_up(served)
     served.load_seconds = time.monotonic() - started
     return served

@@ -72,3 +72,16 @@ class Reloaded(BaseModel):
 class ErrorBody(BaseModel):
     error: str = Field(description="machine-readable code, e.g. unknown_domain")
     detail: str = Field(description="what was wrong and what is accepted")
+
+
+class FilterBlock(BaseModel):
+    block: int = Field(description="gated conv (first conv of basic block), in network order")
+    filters: int = Field(description="its filters in the full single-domain backbone")
+    kept: int = Field(description="filters some domain uses: the union, all that is stored")
+    shared: int = Field(description="kept filters every domain uses")
+    domains: dict[str, list[int]] = Field(description="per domain, 1/0 for each kept filter")
+
+
+class FiltersResponse(BaseModel):
+    version: str
+    blocks: list[FilterBlock]

@@ -1,0 +1,33 @@
+"""Which filters each domain of a stored version uses, block by block: the picture of the method.
+
+Read from the version's weights file (the stored per-domain masks over the filters that survived
+pruning) with safetensors' numpy loader, so the torch-free server can draw it. The file is the
+one `verify_files` checked; only the mask tensors are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from .manifest import WEIGHTS, Manifest
+
+
+def filter_map(folder: Path, manifest: Manifest) -> list[dict[str, Any]]:
+    """Per gated conv: its width in the full backbone, the filters kept (the union), those every
+    domain shares, and each domain's on/off switch over the kept filters."""
+    names, full = manifest.spec.domain_names, manifest.spec.full_blocks()
+    with safe_open(str(Path(folder) / WEIGHTS), framework="numpy") as weights:
+        masks = [weights.get_tensor(f"blocks.{i}.masks") > 0 for i in range(len(full))]
+    return [
+        {
+            "block": i,
+            "filters": block.mid_channels,
+            "kept": int(on.any(axis=0).sum()),
+            "shared": int(on.all(axis=0).sum()),
+            "domains": {name: [int(v) for v in on[d]] for d, name in enumerate(names)},
+        }
+        for i, (block, on) in enumerate(zip(full, masks, strict=True))
+    ]
