@@ -14,6 +14,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     BAP_VENV=/opt/venv \
     BAP_EXTRAS="" \
     BAP_SYSTEM_PACKAGES=""
+# pip's own variables as build args, for a local wheel folder or a private index, e.g.
+#   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/app/wheels  (wheels/ in the context)
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
 WORKDIR /app
 # Only what the server needs: no training, tests or benchmarks. setup.sh installs the project in
 # editable mode, so /app must sit at the same path in the final stage.
@@ -21,11 +26,14 @@ COPY pyproject.toml README.md ./
 COPY scripts/setup.sh scripts/
 COPY model_store model_store
 COPY server server
+# a local wheel folder, if the build uses one (the glob matches nothing otherwise)
+COPY pyproject.toml wheel[s] /app/wheels/
 # pip and setuptools are not needed to run (the editable install's finder stands alone): -26 MB.
 RUN scripts/setup.sh \
  && /opt/venv/bin/python -c "import importlib.util as u, server, sys; sys.exit(u.find_spec('torch') and 'torch must not be in the server image')" \
  && /opt/venv/bin/python -m pip uninstall -y -q pip setuptools \
- && /opt/venv/bin/python -c "import server.app"
+ && /opt/venv/bin/python -c "import server.app" \
+ && rm -rf /app/wheels
 
 # ---- final: the interpreter, the venv, the code and the model; no compilers, no pip cache ----
 FROM ${PYTHON_IMAGE}
