@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from model_store import (
     ArtifactError,
@@ -24,6 +25,7 @@ from model_store import (
 from . import distributed
 from .checkpoint import mark_published, published_as
 from .config import PRECISIONS, TrainConfig
+from .domains import AddDomainSettings, add_domain, remove_domain
 from .evaluate import accuracy, model_totals, results_table
 from .publish import publish_result
 from .report import Report, plot, render_markdown
@@ -122,6 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--calibration-images", type=int, default=512, help="training images per domain (512)"
     )
+
+    a = sub.add_parser(
+        "add-domain", help="train one more domain onto a published version, the others untouched"
+    )
+    _store_args(a)
+    a.add_argument("--domain", required=True, help="the new domain's name")
+    a.add_argument("--source", help="its data source (see training/sources), e.g. folder")
+    a.add_argument("--root", help="the source's folder, where it takes one")
+    a.add_argument(
+        "--config", type=Path, help="JSON source entry instead: {source, root, ...} (+ name)"
+    )
+    a.add_argument("--budget", type=float, help="its cost budget (default: the version's)")
+    a.add_argument("--from", dest="from_version", help="version to start from (default CURRENT)")
+    a.add_argument("--epochs", type=float, default=AddDomainSettings.epochs)
+    a.add_argument("--recovery-epochs", type=float, default=AddDomainSettings.recovery_epochs)
+    r2 = sub.add_parser(
+        "remove-domain", help="publish a version without a domain and the filters only it used"
+    )
+    _store_args(r2)
+    r2.add_argument("--domain", required=True, help="the domain to drop")
+    r2.add_argument("--from", dest="from_version", help="version to start from (default CURRENT)")
 
     for name, text in (
         ("evaluate", "re-measure a stored version on its domains' test data"),
@@ -230,6 +253,39 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_domain(args: argparse.Namespace) -> int:
+    entry: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
+    if args.source:
+        entry["source"] = args.source
+    if args.root:
+        entry["root"] = args.root
+    if "source" not in entry:
+        raise ValueError("give --source (and --root where the source reads a folder) or --config")
+    entry["name"] = args.domain
+    settings = AddDomainSettings(epochs=args.epochs, recovery_epochs=args.recovery_epochs)
+    manifest = add_domain(args.store, _name(args), entry, args.budget, args.from_version, settings)
+    added = manifest.domains[args.domain]
+    record = manifest.training["add_domain"]
+    _print(
+        f"published {manifest.name} {manifest.version}: +{args.domain} accuracy "
+        f"{added.accuracy:.4f}, cost {added.cost_fraction:.3f} of the single-domain network "
+        f"(budget {record['budget']}), in {record['seconds']} s; every old domain bit-identical "
+        f"to {record['from']}"
+    )
+    return 0
+
+
+def cmd_remove_domain(args: argparse.Namespace) -> int:
+    manifest = remove_domain(args.store, _name(args), args.domain, args.from_version)
+    record = manifest.training["remove_domain"]
+    _print(
+        f"published {manifest.name} {manifest.version}: -{args.domain}, "
+        f"{record['filters_removed']} filters only it used removed; the others' outputs within "
+        f"{record['remaining_max_abs_diff']:.2g} of {record['from']}"
+    )
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     folder = version_path(args.store, _name(args), args.version)
     manifest, model = read_artifact(folder)
@@ -276,6 +332,8 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "inspect": cmd_inspect,
     "quantize": cmd_quantize,
+    "add-domain": cmd_add_domain,
+    "remove-domain": cmd_remove_domain,
 }
 
 

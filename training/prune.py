@@ -8,6 +8,7 @@ model never exceeds the user's budget, in the unit it was trained with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,13 +35,19 @@ class ExportCut:
 
 @torch.no_grad()
 def enforce_budget(
-    model: MultiDomainResNet, scores: list[Tensor], budget: float, unit: str
+    model: MultiDomainResNet,
+    scores: list[Tensor],
+    budget: float,
+    unit: str,
+    domains: Sequence[int] | None = None,
 ) -> dict[str, ExportCut]:
-    """Switch off each over-budget domain's lowest-score filters in place; returns per domain
-    how many filters that took and the cost before and after."""
+    """Switch off each over-budget domain's lowest-score filters in place (only `domains`, if
+    given); returns per domain how many filters that took and the cost before and after."""
     spec, costs = model.spec, filter_costs(model.spec, unit)
     cuts = {}
     for d, name in enumerate(spec.domain_names):
+        if domains is not None and d not in domains:
+            continue
         masks = [b.masks[d] for b in model.blocks]
         base = baseline_cost(spec, unit, d)
         trained = domain_cost(spec, unit, d, masks, costs).item()

@@ -15,6 +15,7 @@ trainer), then re-estimates every domain's running statistics under the final ma
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -66,9 +67,11 @@ def recalibrate_bn(
     batches: int,
     batch_size: int,
     seed: int,
+    indices: Sequence[int] | None = None,
 ) -> None:
     """Every domain's BN running mean/var := the average over `batches` seeded batches of its
-    training images, run through the network with its final (stored) masks.
+    training images, run through the network with its final (stored) masks. `indices`: the
+    network's domain number of each `data` entry (default: data[d] is domain d).
 
     Deterministic for a seed, so a resumed or repeated call gives the same statistics.
     """
@@ -81,7 +84,8 @@ def recalibrate_bn(
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     try:
-        for d, domain in enumerate(data):
+        numbers = range(len(data)) if indices is None else indices
+        for d, domain in zip(numbers, data, strict=True):
             if not len(domain.train):
                 continue  # nothing to estimate from: keep what training left
             pre = model.spec.domains[d].preprocess

@@ -1,0 +1,133 @@
+"""Adding a domain to a published version leaves every old domain bit-identical; removing one
+keeps the others' outputs; the server hot-reloads the result like any version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_store import load_version
+from server import create_app
+from tests.server.conftest import TOKEN, running, settings_for
+from tests.training.conftest import TINY_DOMAINS, tiny_config
+from training.domains import AddDomainSettings, add_domain, remove_domain
+from training.publish import EQUIVALENCE_TOLERANCE, publish_result
+from training.trainer import train
+
+NEW = {
+    "source": "synthetic",
+    "name": "stripes",
+    "classes": 3,
+    "train_size": 96,
+    "test_size": 48,
+    "seed": 7,
+}
+QUICK = AddDomainSettings(epochs=2, recovery_epochs=1, batch_size=16, bn_batches=4)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained, pruned and published version (v1) of two domains."""
+    root = tmp_path_factory.mktemp("domains")
+    config = tiny_config(domains=[dict(d) for d in TINY_DOMAINS[:2]], name="tiny")
+    publish_result(config, train(config, root / "run", progress=False), root / "store")
+    return root / "store"
+
+
+def _copy(store: Path, tmp_path: Path) -> Path:
+    subprocess.run(["cp", "-r", str(store), str(tmp_path / "store")], check=True)
+    return tmp_path / "store"
+
+
+def test_added_domain_leaves_every_old_tensor_and_output_bit_identical(
+    published: Path, tmp_path: Path
+) -> None:
+    store = _copy(published, tmp_path)
+    manifest = add_domain(store, "tiny", dict(NEW), budget=0.5, settings=QUICK)
+    assert manifest.version == "v2" and manifest.spec.domain_names[-1] == "stripes"
+    old_manifest, old = load_version(store, "tiny", "v1")
+    _, new = load_version(store, "tiny", "v2")  # verified, CURRENT
+    assert new.spec.mid_channels == old.spec.mid_channels  # the stored convs did not grow
+    new_state = new.state_dict()
+    for key, value in old.state_dict().items():
+        assert torch.equal(new_state[key][: len(value)], value), key
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        for d in range(len(old.spec.domains)):
+            assert torch.equal(old(x, d), new(x, d))
+    for name, metrics in old_manifest.domains.items():
+        assert manifest.domains[name] == metrics
+    added = manifest.domains["stripes"]
+    assert added.cost_fraction <= 0.5 and added.accuracy is not None
+    record = manifest.training["add_domain"]
+    assert record["from"] == "v1" and record["old_domains_bit_identical"] is True
+    assert any(k.endswith("stripes.onnx") for k in manifest.files)  # graphs at publish
+
+
+def test_an_existing_name_is_refused_before_training(published: Path, tmp_path: Path) -> None:
+    store = _copy(published, tmp_path)
+    with pytest.raises(ValueError, match="already in tiny v1"):
+        add_domain(store, "tiny", dict(TINY_DOMAINS[0]), settings=QUICK)
+
+
+def test_removed_domain_leaves_the_others_outputs(published: Path, tmp_path: Path) -> None:
+    store = _copy(published, tmp_path)
+    manifest = remove_domain(store, "tiny", "shapes")
+    assert manifest.spec.domain_names == ("colours",)
+    _, old = load_version(store, "tiny", "v1")
+    _, new = load_version(store, "tiny", "v2")
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        assert (old(x, 1) - new(x, 0)).abs().max() <= EQUIVALENCE_TOLERANCE
+    assert sum(new.spec.mid_channels) <= sum(old.spec.mid_channels)
+    with pytest.raises(ValueError, match="no domain 'shapes'"):
+        remove_domain(store, "tiny", "shapes")
+
+
+def test_cli_add_domain_then_the_server_reloads_it(published: Path, tmp_path: Path) -> None:
+    store = _copy(published, tmp_path)
+    import anyio
+
+    async def serve_and_reload() -> None:
+        app = create_app(settings_for(store, model="tiny"))
+        async with running(app) as client:
+            before = (await client.get("/domains")).json()
+            assert [d["name"] for d in before["domains"]] == ["shapes", "colours"]
+            run = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "training",
+                    "add-domain",
+                    "--store",
+                    str(store),
+                    "--name",
+                    "tiny",
+                    "--domain",
+                    "stripes",
+                    "--source",
+                    "synthetic",
+                    "--epochs",
+                    "1",
+                    "--recovery-epochs",
+                    "0",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert run.returncode == 0, run.stderr
+            assert "every old domain bit-identical to v1" in run.stdout
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            assert (await client.post("/admin/reload", headers=headers)).status_code == 200
+            after = (await client.get("/domains")).json()
+            assert after["version"] == "v2"
+            assert [d["name"] for d in after["domains"]] == ["shapes", "colours", "stripes"]
+            metrics = (await client.get("/metrics")).text
+            assert 'domain="stripes"' in metrics
+
+    anyio.run(serve_and_reload)
