@@ -3,9 +3,7 @@
 `add_domain`: the new domain learns only its own switches, BatchNorms and head on the frozen
 convs of the version. Its switches cover only the filters the version kept, so the stored
 convs do not grow; a dual-ascent multiplier pushes its cost under the budget while it trains,
-the export's guarantee cuts whatever is left and the kept filters it dropped come back, best
-score first, while it stays within the budget (as `fill_to_budget` does in training). Then,
-masks frozen, its BN statistics are
+and the export's guarantee cuts whatever is left. Then, masks frozen, its BN statistics are
 recalibrated and its BN + head fine-tuned (recovery), it is evaluated on its test split, and a
 new version is published holding every old domain's tensors exactly as they were: the publish
 step copies them back and checks every tensor and every old domain's outputs bit for bit.
@@ -41,7 +39,7 @@ from .data import DomainData, train_batch
 from .evaluate import accuracy, domain_metrics, model_totals
 from .prune import enforce_budget
 from .publish import EQUIVALENCE_TOLERANCE, provenance
-from .recovery import fill_to_budget, recalibrate_bn
+from .recovery import recalibrate_bn
 from .sources import load_domain
 from .switches import binary_step
 
@@ -185,7 +183,6 @@ def add_domain(
             block.masks[d] = (sc > 0).float()
     full = [torch.cat([torch.zeros(d, len(sc)), sc[None]]) for sc in scores]
     cut = enforce_budget(model, full, budget, unit, domains=[d])[data.name]
-    regained = fill_to_budget(model, full, budget, unit, domains=[d])[data.name]
     recalibrate_bn(model, [data], s.bn_batches, s.batch_size, s.seed, indices=[d])
     if s.recovery_epochs > 0:  # masks final: BN + head fine-tuned, statistics again
         _train_new_domain(model, data, budget, unit, s, s.recovery_epochs, switches=False)
@@ -211,7 +208,6 @@ def add_domain(
                 "budget": budget,
                 "settings": asdict(s),
                 "filters_cut_by_export": cut.filters,
-                "filters_regained_to_budget": regained,
                 "old_domains_bit_identical": True,
                 "seconds": seconds,
             },

@@ -29,23 +29,16 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def fill_to_budget(
-    model: MultiDomainResNet,
-    scores: list[Tensor],
-    budget: float,
-    unit: str,
-    domains: Sequence[int] | None = None,
+    model: MultiDomainResNet, scores: list[Tensor], budget: float, unit: str
 ) -> dict[str, int]:
-    """Switch each domain's (only `domains`', if given) dropped union filters back on in its
-    stored masks, highest score first, while its cost stays <= budget; returns how many each
-    domain regained.
+    """Switch each domain's dropped union filters back on in its stored masks, highest score
+    first, while its cost stays <= budget; returns how many each domain regained.
 
     Deterministic in (masks, scores), so a resumed run repeats it exactly."""
     spec, costs = model.spec, filter_costs(model.spec, unit)
     union = [b.masks.amax(dim=0) > 0 for b in model.blocks]
     regained = {}
     for d, name in enumerate(spec.domain_names):
-        if domains is not None and d not in domains:
-            continue
         masks = [b.masks[d] for b in model.blocks]
         used = domain_cost(spec, unit, d, masks, costs).item()
         room = budget * baseline_cost(spec, unit, d) - used
