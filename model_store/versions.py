@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .manifest import ArtifactError, Manifest, fsync_dir, write_atomic
+from .manifest import ArtifactError, Manifest, add_files, fsync_dir, write_atomic
 
 if TYPE_CHECKING:  # torch is imported only where weights are read or written
     from .network import MultiDomainResNet
@@ -91,10 +91,11 @@ def publish_version(
     manifest: Manifest,
     make_current: bool = True,
     graphs: bool = False,
+    extra_files: dict[str, bytes] | None = None,
 ) -> str:
     """Write a new immutable version folder and (by default) point CURRENT at it; with `graphs`
-    the compiled ONNX graphs go in too, listed and hashed in the manifest before the version
-    appears."""
+    the compiled ONNX graphs go in too, and `extra_files` (key: path in the folder), listed and
+    hashed in the manifest before the version appears."""
     from .artifact import write_artifact
 
     root = Path(store) / _check_name("model name", manifest.name)
@@ -111,6 +112,8 @@ def publish_version(
                 from .graphs import add_graphs  # the ONNX exporter, only when asked for
 
                 manifest.files = add_graphs(tmp).files
+            if extra_files:
+                manifest.files = add_files(tmp, manifest, extra_files).files
             try:
                 os.rename(tmp, root / manifest.version)  # fails if a concurrent publish took it
                 break

@@ -137,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--budget", type=float, help="its cost budget (default: the version's)")
     a.add_argument("--from", dest="from_version", help="version to start from (default CURRENT)")
+    a.add_argument(
+        "--grow",
+        action="store_true",
+        help="let it use filters pruning removed (the stored model grows by those it takes)",
+    )
+    a.add_argument(
+        "--backbone", type=Path, help="unpruned backbone for --grow (default: the version's own)"
+    )
     a.add_argument("--epochs", type=float, default=AddDomainSettings.epochs)
     a.add_argument("--recovery-epochs", type=float, default=AddDomainSettings.recovery_epochs)
     r2 = sub.add_parser(
@@ -263,9 +271,29 @@ def cmd_add_domain(args: argparse.Namespace) -> int:
         raise ValueError("give --source (and --root where the source reads a folder) or --config")
     entry["name"] = args.domain
     settings = AddDomainSettings(epochs=args.epochs, recovery_epochs=args.recovery_epochs)
-    manifest = add_domain(args.store, _name(args), entry, args.budget, args.from_version, settings)
+    manifest = add_domain(
+        args.store,
+        _name(args),
+        entry,
+        args.budget,
+        args.from_version,
+        settings,
+        grow=args.grow,
+        backbone=args.backbone,
+    )
     added = manifest.domains[args.domain]
     record = manifest.training["add_domain"]
+    if args.grow:
+        g = record["grow"]
+        before, after = g["parameters"]
+        _print(
+            f"published {manifest.name} {manifest.version}: +{args.domain} accuracy "
+            f"{added.accuracy:.4f}, cost {added.cost_fraction:.3f}; the stored model grew by "
+            f"{sum(g['filters_added'])} filters, {after - before:,} parameters "
+            f"({4 * (after - before):,} bytes at fp32): {before:,} -> {after:,}; old domains' "
+            f"MACs unchanged, outputs within {g['old_domains_max_abs_diff']:.2g}"
+        )
+        return 0
     _print(
         f"published {manifest.name} {manifest.version}: +{args.domain} accuracy "
         f"{added.accuracy:.4f}, cost {added.cost_fraction:.3f} of the single-domain network "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from model_store import (
@@ -33,12 +34,13 @@ from model_store import (
     load_version,
     publish_version,
     slice_network,
+    version_path,
 )
 
 from .data import DomainData, train_batch
 from .evaluate import accuracy, domain_metrics, model_totals
 from .prune import enforce_budget
-from .publish import EQUIVALENCE_TOLERANCE, provenance
+from .publish import BACKBONE, EQUIVALENCE_TOLERANCE, provenance
 from .recovery import recalibrate_bn
 from .sources import load_domain
 from .switches import binary_step
@@ -79,6 +81,36 @@ def grown(old: MultiDomainResNet, data: DomainData, pre_from: int = 0) -> MultiD
                 elif key.endswith(".masks"):
                     target[len(value)] = 1.0
     return new
+
+
+def expand(pruned: MultiDomainResNet, backbone: dict[str, torch.Tensor]) -> MultiDomainResNet:
+    """The pruned network put back into the full backbone: every stored filter at its original
+    index (found by matching its conv1 weights, which are frozen, exactly), the filters pruning
+    removed present again with every old domain's switch off, so the outputs are the pruned
+    network's (to float tolerance)."""
+    full = build_model(pruned.spec.unpruned())
+    state, src = full.state_dict(), pruned.state_dict()
+    kept = []
+    for i in range(len(pruned.blocks)):
+        rows = {r.numpy().tobytes(): j for j, r in enumerate(backbone[f"blocks.{i}.conv1.weight"])}
+        try:
+            kept.append([rows[r.numpy().tobytes()] for r in src[f"blocks.{i}.conv1.weight"]])
+        except KeyError:
+            raise ValueError(
+                f"block {i}: the backbone does not hold this version's filters"
+            ) from None
+    with torch.no_grad():
+        for name, target in state.items():
+            parts = name.split(".")
+            if parts[0] == "stem" or parts[-2] in ("conv1", "conv2"):
+                target.copy_(backbone[name])  # the unpruned shared convs
+            elif parts[0] == "blocks" and parts[2] in ("bn1", "masks"):
+                if parts[2] == "masks":
+                    target.zero_()
+                target[:, kept[int(parts[1])]] = src[name]
+            else:  # bn2, stem_bn, head_bn, heads: not sliced by pruning
+                target.copy_(src[name])
+    return full
 
 
 def _restore(new: MultiDomainResNet, old: MultiDomainResNet) -> None:
@@ -149,6 +181,20 @@ def _train_new_domain(
     return None if scores is None else [sc.detach() for sc in scores]
 
 
+def _outputs_close(old: MultiDomainResNet, new: MultiDomainResNet) -> float:
+    """Max |logit difference| of every old domain between two networks (random inputs)."""
+    side = old.spec.input_size
+    x = torch.randn(8, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        worst = max(
+            float((old.eval()(x, d) - new.eval()(x, d)).abs().max())
+            for d in range(len(old.spec.domains))
+        )
+    if worst > EQUIVALENCE_TOLERANCE:
+        raise RuntimeError(f"old domains' outputs moved by {worst:g}; not publishing")
+    return worst
+
+
 def add_domain(
     store: Path,
     name: str,
@@ -156,11 +202,26 @@ def add_domain(
     budget: float | None = None,
     from_version: str | None = None,
     settings: AddDomainSettings | None = None,
+    grow: bool = False,
+    backbone: Path | None = None,
 ) -> Manifest:
-    """Train `entry` (a source config with a `name`) onto a published version; publish."""
+    """Train `entry` (a source config with a `name`) onto a published version; publish. With
+    `grow` the new domain may also use filters pruning removed (from the unpruned backbone kept
+    beside the version, or `backbone`); the stored model then grows by those filters."""
     s = settings or AddDomainSettings()
     started = time.monotonic()
-    manifest, old = load_version(store, name, from_version)
+    manifest, pruned = load_version(store, name, from_version)
+    old = pruned
+    if grow:
+        path = backbone or version_path(store, name, manifest.version) / BACKBONE
+        if not Path(path).is_file():
+            raise ValueError(
+                f"--grow needs the unpruned backbone: {path} is missing (versions published "
+                "before it was kept have none); pass --backbone PATH, e.g. a run's "
+                "pretrained.safetensors"
+            )
+        old = expand(pruned, load_file(str(path)))
+        _outputs_close(pruned, old)
     if entry.get("name") in manifest.spec.domain_names:
         raise ValueError(f"domain {entry['name']!r} is already in {name} {manifest.version}")
     config = manifest.training.get("config", {})
@@ -190,6 +251,17 @@ def add_domain(
     _restore(model, old)
     model.eval()
     unchanged_check(old, model)
+    growth: dict[str, Any] = {}
+    if grow:  # keep the old filters and every filter the new domain uses, nothing else
+        keep = [(b.masks > 0).any(dim=0).nonzero().flatten() for b in model.blocks]
+        model = slice_network(model, keep).eval()
+        growth = {
+            "filters_added": [
+                len(k) - m for k, m in zip(keep, pruned.spec.mid_channels or (), strict=True)
+            ],
+            "parameters": [model_totals(pruned)["parameters"], model_totals(model)["parameters"]],
+            "old_domains_max_abs_diff": _outputs_close(pruned, model),
+        }
     acc = round(accuracy(model, data), 6)
     metrics = domain_metrics(model, manifest.budget_unit, {data.name: acc})
     seconds = round(time.monotonic() - started, 1)
@@ -208,7 +280,8 @@ def add_domain(
                 "budget": budget,
                 "settings": asdict(s),
                 "filters_cut_by_export": cut.filters,
-                "old_domains_bit_identical": True,
+                "old_domains_bit_identical": not grow,  # grown: within the pruning tolerance
+                **({"grow": growth} if grow else {}),
                 "seconds": seconds,
             },
         },

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 
 from model_store import Manifest, MultiDomainResNet, publish_version
 
@@ -82,6 +83,16 @@ def build_manifest(
     )
 
 
+BACKBONE = "backbone.safetensors"  # the unpruned shared convs, kept beside a version
+
+
+def backbone(model: MultiDomainResNet) -> bytes:
+    """The unpruned network's shared (frozen) convs, as safetensors bytes."""
+    shared = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    keep = {k: v for k, v in shared.items() if k == "stem.weight" or ".conv" in k}
+    return save(keep)
+
+
 def publish_result(
     config: TrainConfig, result: TrainResult, store: Path, force: bool = False
 ) -> tuple[Manifest, MultiDomainResNet]:
@@ -122,6 +133,8 @@ def publish_result(
             "Train longer (--epochs), raise dual_lr, or loosen --budget; or publish this run "
             "anyway with --resume --force"
         )
-    publish_version(store, pruned, manifest, graphs=True)  # the server runs the graphs
+    # the server runs the graphs; the unpruned shared convs let add-domain --grow use filters
+    # that pruning removed
+    publish_version(store, pruned, manifest, graphs=True, extra_files={BACKBONE: backbone(trained)})
     log.info("published store=%s name=%s version=%s", store, manifest.name, manifest.version)
     return manifest, pruned

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_store import load_version
+from model_store import load_version, publish_version
 from server import create_app
 from tests.server.conftest import TOKEN, running, settings_for
 from tests.training.conftest import TINY_DOMAINS, tiny_config
@@ -131,3 +131,31 @@ def test_cli_add_domain_then_the_server_reloads_it(published: Path, tmp_path: Pa
             assert 'domain="stripes"' in metrics
 
     anyio.run(serve_and_reload)
+
+
+def test_grow_lets_the_new_domain_use_pruned_filters(published: Path, tmp_path: Path) -> None:
+    store = _copy(published, tmp_path)
+    assert (store / "tiny" / "v1" / "backbone.safetensors").is_file()  # kept at publish
+    manifest = add_domain(store, "tiny", dict(NEW), budget=0.9, settings=QUICK, grow=True)
+    _, old = load_version(store, "tiny", "v1")
+    _, new = load_version(store, "tiny", "v2")
+    growth = manifest.training["add_domain"]["grow"]
+    assert growth["filters_added"] == [
+        n - o for n, o in zip(new.spec.mid_channels, old.spec.mid_channels, strict=True)
+    ]
+    assert all(a >= 0 for a in growth["filters_added"])
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        for d in range(len(old.spec.domains)):
+            assert (old(x, d) - new(x, d)).abs().max() <= EQUIVALENCE_TOLERANCE
+    old_manifest, _ = load_version(store, "tiny", "v1")
+    for name in old.spec.domain_names:  # the old domains' MACs and parameters are unchanged
+        assert manifest.domains[name] == old_manifest.domains[name]
+
+
+def test_grow_without_a_backbone_says_what_to_pass(published: Path, tmp_path: Path) -> None:
+    manifest, model = load_version(published, "tiny", "v1")
+    manifest.files = {}
+    publish_version(tmp_path, model, manifest)  # as versions were published before backbones
+    with pytest.raises(ValueError, match="--grow needs the unpruned backbone"):
+        add_domain(tmp_path, "tiny", dict(NEW), settings=QUICK, grow=True)
