@@ -252,25 +252,21 @@ def _runtime_targets(rows: list[Row], shape: str, budget: float = 0.5) -> list[l
     unpruned network in ONNX Runtime, as a share of the MACs ratio; and ORT vs torch."""
     batch = max(r["batch"] for r in rows)
 
-    def ms(strategy: str, at: float | None) -> float | None:
+    def median(field: str, strategy: str, at: float | None) -> float | None:
+        """The median of `field` over the rows of one strategy at the largest batch."""
+        key = (shape, batch, strategy, at)
         found = [
-            r["ms"]
-            for r in rows
-            if (r["shape"], r["batch"], r["strategy"], r["budget"]) == (shape, batch, strategy, at)
+            r[field] for r in rows if (r["shape"], r["batch"], r["strategy"], r["budget"]) == key
         ]
         return statistics.median(found) if found else None
 
-    full, own = ms("full, ONNX Runtime", None), ms("own filters, ONNX Runtime", budget)
-    own_torch = ms("own filters", budget)
-    macs = [
-        r["macs_ratio"]
-        for r in rows
-        if (r["shape"], r["batch"], r["strategy"], r["budget"])
-        == (shape, batch, "own filters", budget)
-    ]
-    if full is None or own is None or own_torch is None or not macs:
+    full = median("ms", "full, ONNX Runtime", None)
+    own = median("ms", "own filters, ONNX Runtime", budget)
+    own_torch = median("ms", "own filters", budget)
+    ratio = median("macs_ratio", "own filters", budget)
+    if full is None or own is None or own_torch is None or ratio is None:
         return []
-    speedup, ratio = full / own, statistics.median(macs)
+    speedup = full / own
     return [
         [
             f"pruned ÷ unpruned through ONNX Runtime, batch {batch}, β={budget} ({shape})",

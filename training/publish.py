@@ -86,11 +86,15 @@ def build_manifest(
 BACKBONE = "backbone.safetensors"  # the unpruned shared convs, kept beside a version
 
 
+def is_shared_conv(key: str) -> bool:
+    """A state-dict key of the convs every domain shares (frozen after pretraining)."""
+    return key == "stem.weight" or key.endswith((".conv1.weight", ".conv2.weight"))
+
+
 def backbone(model: MultiDomainResNet) -> bytes:
     """The unpruned network's shared (frozen) convs, as safetensors bytes."""
-    shared = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    keep = {k: v for k, v in shared.items() if k == "stem.weight" or ".conv" in k}
-    return save(keep)
+    state = model.state_dict()
+    return save({k: v.detach().cpu().contiguous() for k, v in state.items() if is_shared_conv(k)})
 
 
 def publish_result(

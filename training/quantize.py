@@ -37,7 +37,7 @@ from model_store import (
 )
 
 from .config import TrainConfig
-from .data import DomainData, centre_crops
+from .data import DomainData, centre_crops, eval_batches
 from .sources import load_domain
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,8 @@ def _quantize(source: Path, feeds: list[dict[str, np.ndarray]], tmp: Path) -> by
 
 def _accuracy(graph: str | bytes, data: DomainData, pre: Any) -> float:
     session, right = make_session(graph), 0
-    for start in range(0, len(data.test), 256):
-        x = centre_crops(data, data.test.images[start : start + 256], pre).numpy()
-        logits = session.run(None, {"x": x})[0]
-        right += int((logits.argmax(1) == data.test.targets[start : start + 256].numpy()).sum())
+    for x, y in eval_batches(data, pre, 256):  # the test split as evaluation and serving cut it
+        right += int((session.run(None, {"x": x.numpy()})[0].argmax(1) == y.numpy()).sum())
     return right / len(data.test)
 
 
