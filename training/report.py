@@ -159,13 +159,20 @@ class Report:
                 "(2) frozen backbone, BN + heads", 1.0, backbone, sharing="none", score_lr=0.0
             ),
         ]
+        # BAP trains before baseline (3): a report cut short has the method's own rows first.
+        bap = [self.switched(f"(4) BAP β={b}", b, backbone) for b in budgets]
         rows += [
             self.switched(f"(3) budget loss, no sharing β={b}", b, backbone, sharing="none")
             for b in budgets
             if b < 1
         ]
-        rows += [self.switched(f"(4) BAP β={b}", b, backbone) for b in budgets]
-        return rows
+        return rows + bap
+
+
+def _stage1(config: TrainConfig) -> str:
+    if config.backbone and not config.pretrain_epochs:
+        return f"stage 1 loaded from `{config.backbone}` (not retrained here)"
+    return f"{config.pretrain_epochs} pretraining epochs"
 
 
 def render_markdown(
@@ -209,8 +216,10 @@ def render_markdown(
             f"{prov['machine']} (torch {prov['torch']}), {prov['created_at']}, in "
             f"{(time.time() - started) / 60:.1f} minutes.",
             f"Domains: {', '.join(names)}; width {config.width}, input {config.crop}px, budget "
-            f"unit `{config.budget_unit}`, {config.pretrain_epochs} pretraining epochs, "
-            f"{config.epochs} stage-2 epochs (the independent models fine-tune for as long). "
+            f"unit `{config.budget_unit}`, {_stage1(config)}, "
+            f"{config.epochs} stage-2 epochs (the independent models fine-tune for as long), "
+            f"{config.recovery_epochs} recovery epochs, distillation weight "
+            f"{config.distill_weight}, {config.precision}. "
             "Accuracy in %, on each domain's test split.",
             "",
             "S is the Visual Decathlon score, S = Σ 1000·(max(0, Emax − E)/Emax)², Emax = 2 × the "
