@@ -106,7 +106,8 @@ class Report:
 
     def pretrain(self) -> Path:
         """Stage 1 once; every method below starts from these weights."""
-        result, seconds = self._train("pretrain", self.config.override(epochs=0.0))
+        stage1 = self.config.override(epochs=0.0, recovery_epochs=0.0)  # no masks to recover
+        result, seconds = self._train("pretrain", stage1)
         self.pretrained, self.pretrain_seconds = result.model, seconds
         path = self.out / "pretrained.safetensors"
         save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, str(path))
