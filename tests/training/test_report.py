@@ -45,3 +45,31 @@ def test_report_runs_every_method_and_writes_table_and_plot(tmp_path: Path) -> N
     rows = [line for line in text.splitlines() if line.startswith("| (")]
     new_text = (tmp_path / "docs" / "results.md").read_text()
     assert rows == [line for line in new_text.splitlines() if line.startswith("| (")]
+
+
+def test_report_from_a_given_stage1_network_starts_every_method_from_it_unchanged(
+    tmp_path: Path,
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from training.trainer import train
+
+    first = tiny_config(pretrain_epochs=2, epochs=1, recovery_epochs=0.5)
+    stage1 = train(first.override(epochs=0.0), tmp_path / "stage1", progress=False).model
+    backbone = tmp_path / "stage1.safetensors"
+    save_file({k: v.contiguous() for k, v in stage1.state_dict().items()}, str(backbone))
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(first.to_dict()))
+
+    run = report(cfg, tmp_path, "--backbone", str(backbone))
+    assert run.returncode == 0, run.stderr
+    # stage 1 is the given network bit for bit: not pretrained further, no recovery epoch
+    given = load_file(str(backbone))
+    used = load_file(str(tmp_path / "runs" / "pretrained.safetensors"))
+    assert given.keys() == used.keys()
+    assert all((given[k] == used[k]).all() for k in given)
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert f"stage 1 loaded from `{backbone}`" in text and "(4) BAP β=0.5" in text
+
+    missing = report(cfg, tmp_path, "--backbone", str(tmp_path / "nope.safetensors"))
+    assert missing.returncode != 0 and "no such file" in missing.stderr
