@@ -8,6 +8,8 @@ Two kinds, both with a dynamic batch dimension:
   to every image; image i's logits are the columns of domain `domains[i]`.
   Computing all heads costs one small matrix product and keeps the graph free of control flow.
 
+Each block's filters are padded (exact zeros, `pad_filters`) to a whole number of CHANNEL_BLOCKs.
+
 The files go into the version folder and the manifest's `files`, so they are verified by the
 same SHA-256 check as the weights. Exported with torch's TorchScript-based ONNX exporter in eval
 mode (BN then uses the running statistics; ONNX Runtime folds it into the convs at load).
@@ -27,9 +29,15 @@ from .layers import MixedRoute
 from .manifest import Manifest, add_files
 from .network import MultiDomainResNet
 from .onnx_runtime import MIXED_KEY, domain_key
-from .slicing import domain_view
+from .slicing import domain_view, pad_filters
 
 OPSET = 17
+# ONNX Runtime's CPU convolutions take their blocked (NCHWc) kernels only when channel counts are
+# whole SIMD blocks (16 floats with AVX-512, 8 with AVX2), and pruning leaves arbitrary counts. At
+# 64 px, width 1, beta 0.5, batch 32, one thread (2-core Xeon, AVX-512): a pruned view went from
+# 1.74x to 2.08x faster than the unpruned network (the MACs ratio is 2.20) padded to 16, for
+# at most 15 zero filters per block.
+CHANNEL_BLOCK = 16
 
 
 class _DomainGraph(nn.Module):
@@ -79,7 +87,8 @@ def _onnx_bytes(module: nn.Module, inputs: tuple[Tensor, ...], names: list[str])
 def domain_graph(view: MultiDomainResNet) -> bytes:
     """The ONNX graph of one domain's view (`domain_view`): input `x`, output `logits`."""
     side = view.spec.input_size
-    return _onnx_bytes(_DomainGraph(view.eval()), (torch.zeros(2, 3, side, side),), ["x"])
+    padded = pad_filters(view.eval(), CHANNEL_BLOCK)
+    return _onnx_bytes(_DomainGraph(padded), (torch.zeros(2, 3, side, side),), ["x"])
 
 
 @torch.no_grad()
@@ -93,7 +102,8 @@ def export_graphs(model: MultiDomainResNet) -> dict[str, bytes]:
         for d, name in enumerate(model.spec.domain_names)
     }
     mixed_inputs = (torch.zeros(2, 3, side, side), torch.zeros(2, dtype=torch.long))
-    graphs[MIXED_KEY] = _onnx_bytes(_MixedGraph(model), mixed_inputs, ["x", "domains"])
+    mixed = _MixedGraph(pad_filters(model, CHANNEL_BLOCK))
+    graphs[MIXED_KEY] = _onnx_bytes(mixed, mixed_inputs, ["x", "domains"])
     return graphs
 
 

@@ -69,6 +69,30 @@ def slice_network(
     return out.train(model.training)
 
 
+@torch.no_grad()
+def pad_filters(model: MultiDomainResNet, multiple: int) -> MultiDomainResNet:
+    """The same network with each block's filter count rounded up to `multiple` (a block with
+    none keeps none); every added filter outputs exactly zero for every domain (zero conv row
+    and column, zero BN scale and shift, zero mask), so every output is the same (up to a
+    kernel's summation order).
+
+    Why: a compiled runtime's fast convolution kernels want channel counts in whole SIMD blocks,
+    and pruning leaves arbitrary counts (see graphs.CHANNEL_BLOCK).
+    """
+    padded = tuple(-(-b.mid_channels // multiple) * multiple for b in model.spec.blocks())
+    out = build_model(replace(model.spec, mid_channels=padded)).to(next(model.parameters()).device)
+    new = {}
+    for name, target in out.state_dict().items():
+        value = model.state_dict()[name]
+        if value.shape != target.shape:  # a block's conv1, conv2, bn1 or masks: zero-extend
+            grown = torch.zeros_like(target)
+            grown[tuple(slice(0, n) for n in value.shape)] = value
+            value = grown
+        new[name] = value.clone()
+    out.load_state_dict(new, strict=True)
+    return out.train(model.training)
+
+
 def prune_to_union(model: MultiDomainResNet) -> MultiDomainResNet:
     """Remove every filter that no domain uses; all domains kept."""
     return slice_network(model, union_filters(model))

@@ -81,3 +81,23 @@ def test_mixed_batch_refuses_training_mode() -> None:
     model = build_model(tiny_spec()).train()
     with pytest.raises(RuntimeError, match="eval mode"):
         model.forward_mixed(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("keep_prob", [0.0, 0.3, 1.0])
+def test_padded_filters_change_no_output_bit(keep_prob: float) -> None:
+    """Zero filters added for the runtime's SIMD blocks: counts rounded up, outputs the same (an
+    added term is an exact zero; only a kernel's summation order may move the last bits)."""
+    from model_store.slicing import pad_filters
+
+    pruned = prune_to_union(randomize(build_model(tiny_spec()), keep_prob, seed=5)).eval()
+    padded = pad_filters(pruned, 8)
+    for before, after in zip(pruned.spec.blocks(), padded.spec.blocks(), strict=True):
+        assert after.mid_channels % 8 == 0 and 0 <= after.mid_channels - before.mid_channels < 8
+    x = torch.randn(6, 3, 16, 16)
+    domains = torch.tensor([0, 1, 2, 1, 0, 2])
+    with torch.no_grad():
+        for d in range(len(pruned.spec.domains)):
+            assert torch.allclose(pruned(x, d), padded(x, d), rtol=0, atol=1e-6)
+        mixed = zip(pruned.forward_mixed(x, domains), padded.forward_mixed(x, domains), strict=True)
+        for a, b in mixed:
+            assert torch.allclose(a, b, rtol=0, atol=1e-6)
