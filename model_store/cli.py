@@ -112,8 +112,15 @@ def cmd_gc(store: Path, name: str, args: argparse.Namespace) -> str:
 
 
 def cmd_export_graphs(store: Path, name: str, args: argparse.Namespace) -> str:
-    from .graphs import add_graphs  # imports the ONNX exporter only for this command
+    from .graphs import add_graphs, recompile_version  # the ONNX exporter, only for this command
 
+    if args.as_new_version:
+        source = version_path(store, name, args.version).name
+        manifest = recompile_version(store, name, args.version)
+        return (
+            f"{name}: {manifest.version} published from {source} with graphs exported by this "
+            f"code (not CURRENT; `set-current {manifest.version}` to serve it)"
+        )
     folder = version_path(store, name, args.version)
     manifest = add_graphs(folder)
     graphs = sorted(k for k in manifest.files if k.endswith(".onnx"))
@@ -160,9 +167,16 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("gc", help="delete old versions").add_argument(
         "--keep", type=int, required=True, help="newest versions to keep"
     )
-    sub.add_parser(
+    export = sub.add_parser(
         "export-graphs", help="add ONNX graphs (every domain, mixed) to a version"
-    ).add_argument("version", nargs="?", help="default: CURRENT")
+    )
+    export.add_argument("version", nargs="?", help="default: CURRENT")
+    export.add_argument(
+        "--as-new-version",
+        action="store_true",
+        help="publish a copy of the version with freshly exported graphs instead (for a version "
+        "that has graphs already, made by an older exporter)",
+    )
     return p
 
 

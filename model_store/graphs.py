@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,10 +27,11 @@ from torch import Tensor, nn
 
 from .artifact import read_artifact
 from .layers import MixedRoute
-from .manifest import Manifest, add_files
+from .manifest import WEIGHTS, Manifest, add_files
 from .network import MultiDomainResNet
 from .onnx_runtime import MIXED_KEY, domain_key
 from .slicing import domain_view, pad_filters
+from .versions import publish_version, version_path
 
 OPSET = 17
 # ONNX Runtime's CPU convolutions take their blocked (NCHWc) kernels only when channel counts are
@@ -113,3 +115,29 @@ def add_graphs(folder: Path) -> Manifest:
     folder = Path(folder)
     manifest, model = read_artifact(folder)
     return add_files(folder, manifest, export_graphs(model))
+
+
+GRAPH_RECORDS = ("int8",)  # manifest.training entries measured on a version's graphs
+
+
+def recompile_version(store: Path, name: str, version: str | None = None) -> Manifest:
+    """Publish a new version with `version`'s weights, masks and records and graphs exported by
+    this code, so an export improvement reaches a stored model without retraining; the old
+    version stays as it was, and CURRENT does not move. What was derived from the old graphs
+    (int8 graphs and their accuracy) is not carried: `python -m training quantize` measures it
+    again on the new ones."""
+    folder = version_path(store, name, version)
+    manifest, model = read_artifact(folder)
+    carried = {
+        key: (folder / key).read_bytes()
+        for key in manifest.files
+        if key != WEIGHTS and not key.startswith("graphs/")
+    }
+    fresh = replace(
+        manifest,
+        files={},
+        training={k: v for k, v in manifest.training.items() if k not in GRAPH_RECORDS},
+        provenance={**manifest.provenance, "graphs_recompiled_from": manifest.version},
+    )
+    publish_version(store, model, fresh, make_current=False, graphs=True, extra_files=carried)
+    return fresh

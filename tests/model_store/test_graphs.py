@@ -81,3 +81,37 @@ def test_a_version_without_graphs_says_how_to_export_them(tmp_path: Path) -> Non
     manifest, _ = read_artifact(tmp_path / "tiny" / version)
     with pytest.raises(ArtifactError, match="export-graphs"):
         OnnxGraphs(tmp_path / "tiny" / version, manifest)
+
+
+def test_recompiling_a_version_publishes_a_copy_with_fresh_graphs(tmp_path: Path) -> None:
+    """`export-graphs --as-new-version`: same weights, masks and extra files; new graphs; the int8
+    record (measured on the old graphs) dropped; the old version and CURRENT untouched."""
+    from model_store import build_model, current_version, list_versions
+    from model_store.cli import main
+    from tests.conftest import randomize, tiny_spec
+
+    model = prune_to_union(randomize(build_model(tiny_spec()), seed=4)).eval()
+    manifest = _manifest(model)
+    manifest.training["int8"] = {"calibration": "on the old graphs"}
+    publish_version(tmp_path, model, manifest, graphs=True, extra_files={"notes.txt": b"kept"})
+    old = tmp_path / "tiny" / "v1"
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+
+    args = ["--store", str(tmp_path), "--name", "tiny", "export-graphs", "--as-new-version"]
+    assert main(args) == 0
+    assert list_versions(tmp_path, "tiny") == ["v1", "v2"]
+    assert current_version(tmp_path, "tiny") == "v1"
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    new_manifest, new_model = read_artifact(tmp_path / "tiny" / "v2")  # every file verified
+    assert (tmp_path / "tiny" / "v2" / "notes.txt").read_bytes() == b"kept"
+    assert "int8" not in new_manifest.training
+    assert new_manifest.provenance["graphs_recompiled_from"] == "v1"
+    assert new_manifest.domains == manifest.domains
+    for a, b in zip(model.state_dict().values(), new_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    x = torch.randn(3, 3, 16, 16)
+    graphs = OnnxGraphs(tmp_path / "tiny" / "v2", new_manifest)
+    with torch.no_grad():
+        for d, name in enumerate(new_manifest.spec.domain_names):
+            expected = model(x, d).numpy()
+            np.testing.assert_allclose(graphs.run_domain(name, x.numpy()), expected, atol=TOLERANCE)
