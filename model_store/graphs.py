@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .artifact import read_artifact
-from .layers import MixedRoute
+from .layers import DomainRoute, MixedRoute
 from .manifest import WEIGHTS, Manifest, add_files
 from .network import MultiDomainResNet
 from .onnx_runtime import MIXED_KEY, domain_key
@@ -42,13 +42,24 @@ OPSET = 17
 CHANNEL_BLOCK = 16
 
 
+class _OwnFilters(DomainRoute):
+    """Domain 0 of a view that holds only its own filters: no mask to multiply (a padded filter
+    is zero by its BN, see pad_filters)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    def mask(self, block_index: int, stored: Tensor) -> None:  # type: ignore[override]
+        return None
+
+
 class _DomainGraph(nn.Module):
     def __init__(self, view: MultiDomainResNet):
         super().__init__()
         self.view = view
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.view(x, 0)
+        return self.view.run(x, _OwnFilters())  # type: ignore[return-value]
 
 
 class _AllHeads(MixedRoute):
@@ -88,6 +99,8 @@ def _onnx_bytes(module: nn.Module, inputs: tuple[Tensor, ...], names: list[str])
 @torch.no_grad()
 def domain_graph(view: MultiDomainResNet) -> bytes:
     """The ONNX graph of one domain's view (`domain_view`): input `x`, output `logits`."""
+    if len(view.spec.domains) != 1 or any(not bool((m == 1).all()) for m in view.gated_masks()):
+        raise ValueError("a domain graph needs a one-domain view, every filter on (domain_view)")
     side = view.spec.input_size
     padded = pad_filters(view.eval(), CHANNEL_BLOCK)
     return _onnx_bytes(_DomainGraph(padded), (torch.zeros(2, 3, side, side),), ["x"])

@@ -54,8 +54,9 @@ class Route:
     def norm(self, bn: DomainBatchNorm, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def mask(self, block_index: int, stored: Tensor) -> Tensor:
-        """The filter mask for a gated conv, shaped to broadcast over (N, C, H, W)."""
+    def mask(self, block_index: int, stored: Tensor) -> Tensor | None:
+        """The filter mask for a gated conv, shaped to broadcast over (N, C, H, W); None when
+        every filter the network holds is on for these images (nothing to multiply)."""
         raise NotImplementedError
 
     def head(self, heads: nn.ModuleList, features: Tensor) -> Tensor | list[Tensor]:

@@ -46,8 +46,9 @@ class BasicBlock(nn.Module):
             # relu(bn(.)) * m equals relu(bn(.) * m) for a 0/1 mask, but its gradient with respect
             # to m is relu(bn(.)), not 0, at m = 0: a switched-off filter still learns whether
             # it should come back on (masking before the ReLU kills that gradient).
-            h = F.relu(route.norm(self.bn1, self.conv1(x))) * route.mask(index, self.masks)
-            h = self.conv2(h)
+            h = F.relu(route.norm(self.bn1, self.conv1(x)))
+            mask = route.mask(index, self.masks)
+            h = self.conv2(h if mask is None else h * mask)
         else:
             size = shortcut.shape[-2:]
             h = x.new_zeros(x.shape[0], self.out_channels, *size)

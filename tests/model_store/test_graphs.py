@@ -115,3 +115,21 @@ def test_recompiling_a_version_publishes_a_copy_with_fresh_graphs(tmp_path: Path
         for d, name in enumerate(new_manifest.spec.domain_names):
             expected = model(x, d).numpy()
             np.testing.assert_allclose(graphs.run_domain(name, x.numpy()), expected, atol=TOLERANCE)
+
+
+def test_a_domain_graph_has_no_mask_product_and_refuses_a_masked_network() -> None:
+    """The graph of a domain's own view drops the mask multiply (every filter it holds is on);
+    a network with a filter switched off would need it, so it is refused."""
+    import onnx
+
+    from model_store import build_model, domain_view
+    from model_store.graphs import domain_graph
+    from tests.conftest import randomize, tiny_spec
+
+    masked = randomize(build_model(tiny_spec()), 0.5, seed=6).eval()
+    graph = onnx.load_from_string(domain_graph(domain_view(masked, 0)))
+    assert "Mul" not in {node.op_type for node in graph.graph.node}
+    one_domain = domain_view(masked, 0)
+    one_domain.blocks[0].masks[0, 0] = 0.0
+    with pytest.raises(ValueError, match="every filter on"):
+        domain_graph(one_domain)
