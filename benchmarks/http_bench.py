@@ -20,6 +20,9 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from model_store import read_manifest, version_path
+from model_store.onnx_runtime import mixed_key
+
 from .common import process_memory
 from .inprocess import InProcess
 from .process import Server, serve, serve_plain
@@ -27,7 +30,7 @@ from .workloads import png_bytes
 from .wrk import run_wrk
 
 log = logging.getLogger(__name__)
-OURS, PLAIN, BODY = "ours", "plain FastAPI", "body only"
+OURS, OURS_INT8, PLAIN, BODY = "ours", "ours, int8", "plain FastAPI", "body only"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Settings:
     seconds: float = 10.0
     warmup_s: float = 2.0
     inprocess_seconds: float = 2.0
+    max_batch: int = 16  # the server's default BAP_MAX_BATCH_SIZE: the ceiling's batch
 
 
 def fashion_png() -> tuple[bytes, str]:
@@ -65,6 +69,11 @@ def _sweep(app: str, url: str, image: bytes, s: Settings) -> list[dict[str, Any]
     return rows
 
 
+def _has_int8(store: Path, model: str) -> bool:
+    """Whether CURRENT carries int8 graphs (`python -m training quantize` adds them)."""
+    return mixed_key("int8") in read_manifest(version_path(store, model)).files
+
+
 def _runtime(server: Server) -> str:
     return httpx.get(server.url + "/readyz", timeout=10).json()["runtime"]
 
@@ -77,10 +86,15 @@ def measure(s: Settings) -> dict[str, Any]:
             runtime = _runtime(ours)
             rows += _sweep(OURS, f"{ours.url}/classify?domain={s.domain}", image, s)
             memory = process_memory(ours.pid)
+        if _has_int8(s.store, s.model):
+            with serve(s.store, s.model, Path(tmp), precision="int8") as ours_int8:
+                rows += _sweep(OURS_INT8, f"{ours_int8.url}/classify?domain={s.domain}", image, s)
         with serve_plain(s.store, s.model, s.domain, Path(tmp)) as plain:
             rows += _sweep(PLAIN, f"{plain.url}/classify", image, s)
             rows += _sweep(BODY, f"{plain.url}/body", image, s)
-    one = InProcess(s.store, s.model).throughput([s.domain], False, image, s.inprocess_seconds)
+    served = InProcess(s.store, s.model)
+    one = served.throughput([s.domain], False, image, s.inprocess_seconds)
+    full = served.throughput([s.domain] * s.max_batch, False, image, s.inprocess_seconds)
     return {
         "rows": rows,
         "image": image_note,
@@ -88,4 +102,5 @@ def measure(s: Settings) -> dict[str, Any]:
         "runtime": runtime,
         "server_memory": memory,
         "inprocess_batch1_ms": 1e3 / one["images_per_s"],
+        "inprocess_ceiling": full,
     }

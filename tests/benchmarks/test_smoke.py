@@ -78,16 +78,17 @@ def test_memory_suite(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_http_suite(tmp_path: Path) -> None:
-    """Our server, the plain FastAPI app and the body-only route each answered wrk without an
-    error, and the ratios the targets table quotes were computed."""
+    """Our server (fp32 and int8 graphs), the plain FastAPI app and the body-only route each
+    answered wrk without an error, and the ratios the targets table quotes were computed."""
     results, text = run_suite("http", tmp_path)
     rows = results["http"]["figures"]["rows"]
     assert {(r["app"], r["clients"]) for r in rows} == {
-        (app, c) for app in ("ours", "plain FastAPI", "body only") for c in (1, 2)
+        (app, c) for app in ("ours", "ours, int8", "plain FastAPI", "body only") for c in (1, 2)
     }
     assert all(r["req_per_s"] > 0 and r["non_2xx"] == 0 and not r["socket_errors"] for r in rows)
     assert results["http"]["figures"]["runtime"] == "onnx"  # the bundled model has its graphs
     assert "ours ÷ plain FastAPI" in text and "in-process decode + forward" in text
+    assert "int8 graphs (opt-in) ÷ body-only" in text and "Ceiling: in-process" in text
 
 
 def test_wrk_report_is_parsed() -> None:
