@@ -5,6 +5,7 @@
     set-current VERSION  verify, then point CURRENT at it (the old one becomes PREVIOUS)
     rollback             point CURRENT back at PREVIOUS
     gc --keep N          delete all but the newest N versions, never CURRENT or PREVIOUS
+    seed --from STORE    copy in the versions this store lacks (CURRENT only if it has none)
 
 The store and model default to the server's own settings, BAP_STORE and BAP_MODEL, so the same
 command works in the container. Exit status 1 and one line on stderr for anything refused.
@@ -25,6 +26,7 @@ from .versions import (
     current_version,
     list_versions,
     previous_version,
+    seed_versions,
     set_current,
     version_path,
 )
@@ -111,6 +113,21 @@ def cmd_gc(store: Path, name: str, args: argparse.Namespace) -> str:
     return f"{name}: removed {doomed or 'nothing'}; kept {kept}"
 
 
+def cmd_seed(store: Path, name: str, args: argparse.Namespace) -> str:
+    if args.source.resolve() == store.resolve():
+        raise ArtifactError(f"--from {args.source} is the store itself")
+    if not list_versions(args.source, name):
+        raise ArtifactError(f"{args.source / name}: no versions to seed from")
+    added, clashes = seed_versions(args.source, store, name)
+    note = (
+        f"; kept the store's {clashes}, which differ from {args.source}'s versions of that name"
+        if clashes
+        else ""
+    )
+    current = current_version(store, name)
+    return f"{name}: seeded {added or 'nothing'} from {args.source}; CURRENT = {current}{note}"
+
+
 def cmd_export_graphs(store: Path, name: str, args: argparse.Namespace) -> str:
     from .graphs import add_graphs, recompile_version  # the ONNX exporter, only for this command
 
@@ -135,6 +152,7 @@ COMMANDS = {
     "rollback": cmd_rollback,
     "gc": cmd_gc,
     "export-graphs": cmd_export_graphs,
+    "seed": cmd_seed,
 }
 
 
@@ -167,6 +185,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("gc", help="delete old versions").add_argument(
         "--keep", type=int, required=True, help="newest versions to keep"
     )
+    sub.add_parser(
+        "seed", help="copy in the versions this store lacks from another store (an image's)"
+    ).add_argument("--from", dest="source", type=Path, required=True, help="store to copy from")
     export = sub.add_parser(
         "export-graphs", help="add ONNX graphs (every domain, mixed) to a version"
     )

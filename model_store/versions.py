@@ -14,7 +14,15 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .manifest import ArtifactError, Manifest, add_files, fsync_dir, write_atomic
+from .manifest import (
+    ArtifactError,
+    Manifest,
+    add_files,
+    fsync_dir,
+    read_manifest,
+    verify_files,
+    write_atomic,
+)
 
 if TYPE_CHECKING:  # torch is imported only where weights are read or written
     from .network import MultiDomainResNet
@@ -127,6 +135,43 @@ def publish_version(
     if make_current:
         set_current(store, manifest.name, manifest.version)
     return manifest.version
+
+
+def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list[str]]:
+    """Copy the versions of `name` that `store` lacks from `source` (a read-only store, such as
+    the one baked into an image); point CURRENT at source's CURRENT only if `store` has none.
+
+    Never alters what the store holds: a version name it has already is kept even if its content
+    differs (returned as a clash). Each copy is SHA-256 verified in a hidden temp folder before it
+    is renamed into place, so a crash mid-copy leaves no half version. Returns (added, clashes)."""
+    root = Path(store) / _check_name("model name", name)
+    root.mkdir(parents=True, exist_ok=True)
+    added, clashes = [], []
+    for version in list_versions(source, name):
+        origin = Path(source) / name / version
+        if (root / version).exists():
+            if read_manifest(root / version).to_json() != read_manifest(origin).to_json():
+                clashes.append(version)
+            continue
+        tmp = Path(tempfile.mkdtemp(prefix=".seed-", dir=root))
+        try:
+            shutil.copytree(origin, tmp, dirs_exist_ok=True)
+            tmp.chmod(0o755)
+            try:
+                verify_files(tmp, read_manifest(tmp))
+            except ArtifactError as exc:
+                raise ArtifactError(
+                    f"{origin}: not copied, its copy fails to verify: {exc}"
+                ) from exc
+            os.rename(tmp, root / version)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        added.append(version)
+    fsync_dir(root)
+    if not (root / CURRENT).exists() and list_versions(source, name):
+        set_current(store, name, current_version(source, name))
+    return added, clashes
 
 
 def version_path(store: Path, name: str, version: str | None = None) -> Path:

@@ -79,3 +79,41 @@ def test_the_store_defaults_to_the_servers_settings(store: Path) -> None:
         [sys.executable, "-m", "model_store", "list"], capture_output=True, text=True, env=env
     )
     assert out.returncode == 0 and "* v4" in out.stdout
+
+
+def test_seed_copies_only_missing_versions_and_never_moves_current(
+    store: Path, tmp_path_factory: pytest.TempPathFactory, capsys
+) -> None:
+    """An image's store seeds a volume: all of it into an empty one, later only what is new."""
+    volume = tmp_path_factory.mktemp("volume")
+    code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
+    assert code == 0 and list_versions(volume, "tiny") == ["v1", "v2", "v3", "v4"]
+    assert current_version(volume, "tiny") == "v4" and "seeded ['v1', 'v2', 'v3', 'v4']" in out
+    assert cli(volume, "verify", "v1", capsys=capsys)[0] == 0
+    cli(volume, "set-current", "v2", capsys=capsys)  # the operator's choice
+    model = prune_to_union(randomize(build_model(tiny_spec()), 0.5, seed=9))
+    publish_version(store, model, _manifest(model))  # a newer image brings v5
+    code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
+    assert code == 0 and "seeded ['v5']" in out and current_version(volume, "tiny") == "v2"
+    assert not [p for p in (volume / "tiny").iterdir() if p.name.startswith(".")]
+
+
+def test_seed_reports_a_clash_and_refuses_a_corrupt_source(
+    store: Path, tmp_path_factory: pytest.TempPathFactory, capsys
+) -> None:
+    volume = tmp_path_factory.mktemp("volume")
+    model = prune_to_union(randomize(build_model(tiny_spec()), 0.5, seed=7))
+    publish_version(volume, model, _manifest(model))  # the volume's own v1, not the image's
+    before = (volume / "tiny" / "v1" / WEIGHTS).read_bytes()
+    (store / "tiny" / "v3" / WEIGHTS).write_bytes(b"broken")
+    code, _, err = cli(volume, "seed", "--from", str(store), capsys=capsys)
+    assert code == 1 and "v3" in err
+    assert list_versions(volume, "tiny") == ["v1", "v2"]  # copied in order; v3 never appeared
+    assert not [p for p in (volume / "tiny").iterdir() if p.name.startswith(".")]
+    assert (volume / "tiny" / "v1" / WEIGHTS).read_bytes() == before
+    (store / "tiny" / "v3").rename(store / "tiny" / "v3-broken")
+    code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
+    assert (
+        code == 0 and "kept the store's ['v1']" in out and current_version(volume, "tiny") == "v1"
+    )
+    assert cli(store, "seed", "--from", str(store), capsys=capsys)[0] == 1
