@@ -9,11 +9,14 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: install the project into /opt/venv with the same script as the README and CI ----
 FROM ${PYTHON_IMAGE} AS build
+# binutils: slim_venv.sh strips the venv's shared libraries with it (-22 MB); an offline build
+# that reaches no Debian mirror passes --build-arg BAP_BUILD_PACKAGES= and keeps the symbols.
+ARG BAP_BUILD_PACKAGES=binutils
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     BAP_VENV=/opt/venv \
     BAP_EXTRAS="" \
-    BAP_SYSTEM_PACKAGES=""
+    BAP_SYSTEM_PACKAGES=${BAP_BUILD_PACKAGES}
 # pip's own variables as build args, for a local wheel folder or a private index, e.g.
 #   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/app/wheels  (wheels/ in the context)
 ARG PIP_INDEX_URL
@@ -23,13 +26,13 @@ WORKDIR /app
 # Only what the server needs: no training, tests or benchmarks. setup.sh installs the project in
 # editable mode, so /app must sit at the same path in the final stage.
 COPY pyproject.toml README.md ./
-COPY scripts/setup.sh scripts/slim_venv.sh scripts/
+COPY scripts/setup.sh scripts/slim_venv.sh scripts/entrypoint.sh scripts/
 COPY model_store model_store
 COPY server server
 # a local wheel folder, if the build uses one (the glob matches nothing otherwise)
 COPY pyproject.toml wheel[s] /app/wheels/
 # pip and setuptools are not needed to run (the editable install's finder stands alone): -26 MB;
-# slim_venv.sh drops what the server never loads (-60 MB) and proves it still serves.
+# slim_venv.sh drops what the server never loads (-90 MB) and proves it still serves.
 RUN scripts/setup.sh \
  && /opt/venv/bin/python -c "import importlib.util as u, server, sys; sys.exit(u.find_spec('torch') and 'torch must not be in the server image')" \
  && /opt/venv/bin/python -m pip uninstall -y -q pip setuptools \
@@ -39,12 +42,13 @@ RUN scripts/setup.sh \
 
 # ---- final: the interpreter, the venv, the code and the model; no compilers, no pip cache ----
 FROM ${PYTHON_IMAGE}
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bap
+# /store is an empty folder owned by bap: a named volume mounted there takes its owner, and the
+# entrypoint seeds it from the one copy of the bundled model under /app (first start: all of it;
+# a newer image: its new versions, CURRENT unmoved), so the image holds the model once.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bap \
+ && mkdir /store && chown bap:bap /store
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
-# The bundled model also seeds /store: mount a named volume there and Docker copies it in on
-# first start, so the store works out of the box and later versions can be published into it.
-COPY --from=build --chown=bap:bap /app/model_store/bundled /store
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -58,5 +62,5 @@ EXPOSE 8000
 # Ready = model loaded, verified and warm (503 before). slim has no curl: urllib fails on non-2xx.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BAP_PORT', '8000') + '/readyz', timeout=4)"]
-# Exec form: SIGTERM reaches the server itself, which drains in-flight requests before exiting.
-CMD ["python", "-m", "server"]
+# The entrypoint execs the server: SIGTERM reaches it, and it drains in-flight requests first.
+ENTRYPOINT ["/app/scripts/entrypoint.sh"]

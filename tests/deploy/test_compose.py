@@ -8,12 +8,16 @@ server's Settings; the image copies only what .dockerignore lets into the build 
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
+from model_store import current_version, list_versions
 from server.config import Settings
 from tests.deploy.files import (
     ALERT_RULES,
@@ -223,7 +227,10 @@ def test_image_is_multi_stage_and_built_by_the_setup_script() -> None:
     knobs = {k for k in env if k.startswith("BAP_")}
     assert knobs <= SETUP_KNOBS, f"setup.sh does not read {knobs - SETUP_KNOBS}"
     assert env["BAP_EXTRAS"] == ""  # the server alone: no torch extra, so no torch in the image
-    assert env["BAP_SYSTEM_PACKAGES"] == ""  # no Debian packages (Prometheus) in the image
+    # Debian packages for the build stage only: binutils (slim_venv.sh strips with it), no
+    # Prometheus or browsers; an offline build empties the arg.
+    assert env["BAP_SYSTEM_PACKAGES"] == "${BAP_BUILD_PACKAGES}"
+    assert re.search(r"^ARG BAP_BUILD_PACKAGES=binutils$", dockerfile_text(), re.M)
 
 
 def test_final_image_installs_nothing_and_runs_as_a_user() -> None:
@@ -232,7 +239,10 @@ def test_final_image_installs_nothing_and_runs_as_a_user() -> None:
     assert not re.search(r"apt-get|apt |pip|gcc|build-essential", runs), runs
     users = [a for kw, a in final if kw == "USER"]
     assert users and users[-1] not in {"root", "0"}
-    assert [a for kw, a in final if kw == "CMD"] == ['["python", "-m", "server"]']
+    assert [a for kw, a in final if kw == "ENTRYPOINT"] == ['["/app/scripts/entrypoint.sh"]']
+    assert not [a for kw, a in final if kw == "CMD"]
+    script = (ROOT / "scripts" / "entrypoint.sh").read_text().strip().splitlines()
+    assert script[-1] == 'exec python -m server "$@"'  # exec: SIGTERM reaches the server
 
 
 def test_final_image_settings_are_ones_the_server_reads() -> None:
@@ -255,12 +265,29 @@ def test_build_context_holds_everything_the_image_copies() -> None:
 
 
 def test_bundled_model_is_there_to_seed_the_store() -> None:
-    # The final stage copies model_store/bundled to /store and serves BAP_MODEL from it;
-    # without a committed bundled model (`make embedded`) the image does not build.
+    # The entrypoint seeds /store from model_store/bundled and the server serves BAP_MODEL
+    # from it; without a committed bundled model (`make embedded`) the image serves nothing.
     model = dockerfile_env(dockerfile_stages()[-1])["BAP_MODEL"]
     current = ROOT / "model_store" / "bundled" / model / "CURRENT"
     assert current.is_file(), f"{current.relative_to(ROOT)} missing: run `make embedded`, commit it"
     assert not ignored(str(current.relative_to(ROOT)))
+
+
+def test_entrypoint_seeds_an_empty_store_then_becomes_the_server(tmp_path: Path) -> None:
+    """The image's entrypoint, run as it is from this tree: the empty volume gets the bundled
+    versions and CURRENT, then the server itself runs (here `--help`, which exits at once); a
+    second start copies nothing and leaves the operator's CURRENT alone."""
+    store = tmp_path / "store"
+    env = {**os.environ, "BAP_STORE": str(store), "BAP_MODEL": "embedded"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    run = [str(ROOT / "scripts" / "entrypoint.sh"), "--help"]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, check=True)
+    bundled = ROOT / "model_store" / "bundled"
+    assert list_versions(store, "embedded") == list_versions(bundled, "embedded")
+    assert current_version(store, "embedded") == current_version(bundled, "embedded")
+    assert "usage: bap-serve" in out.stdout and "seeded ['v" in out.stdout
+    out = subprocess.run(run, env=env, capture_output=True, text=True, check=True)
+    assert "seeded nothing" in out.stdout
 
 
 def test_readme_names_every_variable_compose_reads() -> None:

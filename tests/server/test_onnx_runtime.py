@@ -116,3 +116,30 @@ def test_int8_needs_the_int8_graphs_and_the_graph_runtime(compiled_store: Path) 
         load_model(settings_for(compiled_store, precision="int8"))
     with pytest.raises(SystemExit, match="int8 runs only as compiled graphs"):
         load_model(settings_for(compiled_store, precision="int8", runtime="torch"))
+
+
+# The operator's store commands in the torch-free install (the Docker image), torch blocked.
+NO_TORCH_CLI = """
+import sys
+sys.modules["torch"] = None
+from model_store.cli import main
+store, volume = sys.argv[1], sys.argv[2]
+for args in (["verify"], ["list"], ["set-current", "v1"], ["seed", "--from", store]):
+    base = ["--store", volume if args[0] == "seed" else store, "--name", "tiny"]
+    print("exit", main(base + args), flush=True)
+print("torch loaded:", any(m.startswith("torch") for m in sys.modules if sys.modules[m]))
+"""
+
+
+def test_the_store_commands_run_without_torch(compiled_store: Path, tmp_path: Path) -> None:
+    """verify, list, set-current and seed need no torch: verification then loads every graph in
+    ONNX Runtime after the SHA-256 check, and still refuses a corrupt file."""
+    run = _without_torch(NO_TORCH_CLI, str(compiled_store), str(tmp_path / "volume"))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("exit 0") == 4 and "torch loaded: False" in run.stdout
+    assert "graphs load in ONNX Runtime (no torch here)" in run.stdout
+    assert "seeded ['v1']" in run.stdout
+    graph = next((version_path(compiled_store, "tiny") / "graphs" / "domains").iterdir())
+    graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
+    run = _without_torch(NO_TORCH_CLI, str(compiled_store), str(tmp_path / "other"))
+    assert "exit 1" in run.stdout and "SHA-256 does not match" in run.stderr
