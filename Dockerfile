@@ -50,7 +50,10 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bap 
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 WORKDIR /app
+# ORT_DISABLE_TELEMETRY: ONNX Runtime 1.29+ sends usage telemetry from Linux builds too (and
+# warns that a user without a home cannot persist its device ID); an edge box sends nothing.
 ENV PATH=/opt/venv/bin:$PATH \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     BAP_HOST=0.0.0.0 \

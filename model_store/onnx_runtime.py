@@ -14,9 +14,9 @@ import onnxruntime as ort
 
 from .manifest import ArtifactError, Manifest
 
-# Errors only: at its default level ONNX Runtime warns on every session it creates (e.g. that it
-# cannot persist a telemetry ID in a read-only container), which is noise in the server's log.
-ort.set_default_logger_severity(3)
+# No usage telemetry from a model server (ONNX Runtime 1.29+ sends it from Linux builds too;
+# the Docker image also sets ORT_DISABLE_TELEMETRY=1, which acts before the runtime starts).
+ort.disable_telemetry_events()
 
 GRAPH_DIR = "graphs"
 PRECISIONS = ("fp32", "int8")  # int8: `python -m training quantize` adds graphs/int8/...

@@ -249,6 +249,7 @@ def test_final_image_settings_are_ones_the_server_reads() -> None:
     env = {k: v for k, v in dockerfile_env(dockerfile_stages()[-1]).items() if k.startswith("BAP_")}
     assert set(env) <= SERVER_ENV, f"unknown settings: {set(env) - SERVER_ENV}"
     assert env["BAP_HOST"] == "0.0.0.0"
+    assert dockerfile_env(dockerfile_stages()[-1])["ORT_DISABLE_TELEMETRY"] == "1"  # sends nothing
 
 
 def test_build_context_holds_everything_the_image_copies() -> None:
