@@ -61,7 +61,9 @@ def test_report_from_a_given_stage1_network_starts_every_method_from_it_unchange
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(first.to_dict()))
 
-    run = report(cfg, tmp_path, "--backbone", str(backbone))
+    wrong = report(cfg, tmp_path, "--backbone", str(backbone), "--epochs-scale", "0.3=2")
+    assert wrong.returncode != 0 and "not in --budgets" in wrong.stderr
+    run = report(cfg, tmp_path, "--backbone", str(backbone), "--epochs-scale", "0.5=2")
     assert run.returncode == 0, run.stderr
     # stage 1 is the given network bit for bit: not pretrained further, no recovery epoch
     given = load_file(str(backbone))
@@ -69,7 +71,12 @@ def test_report_from_a_given_stage1_network_starts_every_method_from_it_unchange
     assert given.keys() == used.keys()
     assert all((given[k] == used[k]).all() for k in given)
     text = (tmp_path / "docs" / "results.md").read_text()
-    assert f"stage 1 loaded from `{backbone}`" in text and "(4) BAP β=0.5" in text
+    assert f"stage 1 loaded from `{backbone}`" in text
+    # the scaled budget trains twice the config's stage-2 epochs, BAP and (3) alike
+    assert "| (4) BAP β=0.5, 2 stage-2 epochs |" in text
+    assert "| (3) budget loss, no sharing β=0.5, 2 stage-2 epochs |" in text
+    config = json.loads((tmp_path / "runs" / "4-0.5" / "config.json").read_text())
+    assert config["epochs"] == 2.0
 
     missing = report(cfg, tmp_path, "--backbone", str(tmp_path / "nope.safetensors"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
