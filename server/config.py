@@ -57,7 +57,10 @@ class Settings(BaseSettings):
         "others wait, so a burst of large images cannot hold max_pixels of pixels each at once",
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="intra-op threads of the runtime (torch or ONNX Runtime)"
+        None,
+        ge=1,
+        description="intra-op threads of the runtime (default: ONNX Runtime every core but one, "
+        "left to the event loop; torch its own default, every core)",
     )
     runtime: Runtime = Field(
         "auto",

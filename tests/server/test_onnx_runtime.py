@@ -143,3 +143,20 @@ def test_the_store_commands_run_without_torch(compiled_store: Path, tmp_path: Pa
     graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
     run = _without_torch(NO_TORCH_CLI, str(compiled_store), str(tmp_path / "other"))
     assert "exit 1" in run.stdout and "SHA-256 does not match" in run.stderr
+
+
+def test_onnx_runtime_leaves_a_core_to_the_event_loop(
+    compiled_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default every session gets every core but one; BAP_TORCH_THREADS overrides it."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+
+    def threads(**settings) -> set[int]:
+        graphs = load_model(settings_for(compiled_store, runtime="onnx", **settings)).runtime
+        sessions = [*graphs.domains.values(), graphs.mixed]
+        return {s.get_session_options().intra_op_num_threads for s in sessions}
+
+    assert threads() == {3}
+    assert threads(torch_threads=2) == {2}
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
+    assert threads() == {1}
