@@ -20,8 +20,8 @@ from .common import time_calls
 
 
 class InProcess:
-    def __init__(self, store: Path, name: str, runtime: str = "auto"):
-        self.served = setup(store, name, runtime)
+    def __init__(self, store: Path, name: str, runtime: str = "auto", threads: int | None = None):
+        self.served = setup(store, name, runtime, threads)
 
     def decode(self, domain: str, image: bytes) -> np.ndarray:
         return decode(self.served, domain, image, 10**8)

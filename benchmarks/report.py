@@ -336,9 +336,10 @@ def _ceiling_line(f: dict[str, Any], x: dict[str, float]) -> str:
     c = f["inprocess_ceiling"]
     return (
         f"Ceiling: in-process decode + forward at batch {c['batch']} (the server's default "
-        f"max batch) runs {x['ceiling']:.0f} images/s ({c['model_images_per_s']:.0f} for the "
-        f"model alone), {x['ceiling_over_body']:.2f} of the body-only route at {x['hi']} "
-        f"clients; our server reaches {x['ours_over_ceiling_hi']:.2f} of that ceiling."
+        f"max batch), every core, runs {x['ceiling']:.0f} images/s "
+        f"({c['model_images_per_s']:.0f} for the model alone), "
+        f"{x['ceiling_over_body']:.2f} of the body-only route at {x['hi']} clients; "
+        f"our server reaches {x['ours_over_ceiling_hi']:.2f} of that ceiling."
     )
 
 
