@@ -290,7 +290,8 @@ def add_domain(
         },
         provenance=provenance(),
     )
-    publish_version(store, model, new, graphs=True)
+    carried = {BACKBONE: Path(path).read_bytes()} if grow else _kept_backbone(store, name, manifest)
+    publish_version(store, model, new, graphs=True, extra_files=carried)
     log.info("added domain=%s version=%s accuracy=%.4f", data.name, new.version, acc)
     return new
 
@@ -326,5 +327,13 @@ def remove_domain(store: Path, name: str, domain: str, from_version: str | None 
         },
         provenance=provenance(),
     )
-    publish_version(store, new, out, graphs=True)
+    publish_version(store, new, out, graphs=True, extra_files=_kept_backbone(store, name, manifest))
     return out
+
+
+def _kept_backbone(store: Path, name: str, manifest: Manifest) -> dict[str, bytes]:
+    """The version's unpruned shared convs, for the version made from it: adding or removing a
+    domain never changes them, and a later `--grow` needs them."""
+    if BACKBONE not in manifest.files:
+        return {}
+    return {BACKBONE: (version_path(store, name, manifest.version) / BACKBONE).read_bytes()}

@@ -86,6 +86,12 @@ def test_removed_domain_leaves_the_others_outputs(published: Path, tmp_path: Pat
     assert sum(new.spec.mid_channels) <= sum(old.spec.mid_channels)
     with pytest.raises(ValueError, match="no domain 'shapes'"):
         remove_domain(store, "tiny", "shapes")
+    # the unpruned convs travel with it (listed and hashed), so a later --grow needs no path
+    backbone = (store / "tiny" / "v1" / "backbone.safetensors").read_bytes()
+    assert (store / "tiny" / "v2" / "backbone.safetensors").read_bytes() == backbone
+    assert "backbone.safetensors" in load_version(store, "tiny", "v2")[0].files
+    add_domain(store, "tiny", dict(NEW), budget=0.9, settings=QUICK, grow=True)
+    assert (store / "tiny" / "v3" / "backbone.safetensors").read_bytes() == backbone
 
 
 def test_cli_add_domain_then_the_server_reloads_it(published: Path, tmp_path: Path) -> None:
