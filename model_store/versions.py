@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,10 +109,7 @@ def publish_version(
     from .artifact import write_artifact
 
     root = Path(store) / _check_name("model name", manifest.name)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
-    try:
+    with _staging(root, ".publish-") as tmp:
         while True:
             existing = list_versions(store, manifest.name)
             number = int(existing[-1][1:]) + 1 if existing else 1
@@ -129,9 +128,6 @@ def publish_version(
                 if not (root / manifest.version).exists():
                     raise
         fsync_dir(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     if make_current:
         set_current(store, manifest.name, manifest.version)
     return manifest.version
@@ -145,18 +141,17 @@ def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list
     differs (returned as a clash). Each copy is SHA-256 verified in a hidden temp folder before it
     is renamed into place, so a crash mid-copy leaves no half version. Returns (added, clashes)."""
     root = Path(store) / _check_name("model name", name)
-    root.mkdir(parents=True, exist_ok=True)
+    offered = list_versions(source, name)
     added, clashes = [], []
-    for version in list_versions(source, name):
+    for version in offered:
         origin = Path(source) / name / version
         if (root / version).exists():
             if read_manifest(root / version).to_json() != read_manifest(origin).to_json():
                 clashes.append(version)
             continue
-        tmp = Path(tempfile.mkdtemp(prefix=".seed-", dir=root))
-        try:
+        with _staging(root, ".seed-") as tmp:
             shutil.copytree(origin, tmp, dirs_exist_ok=True)
-            tmp.chmod(0o755)
+            tmp.chmod(0o755)  # copytree gave it the source folder's mode (read-only in an image)
             try:
                 verify_files(tmp, read_manifest(tmp))
             except ArtifactError as exc:
@@ -164,14 +159,25 @@ def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list
                     f"{origin}: not copied, its copy fails to verify: {exc}"
                 ) from exc
             os.rename(tmp, root / version)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         added.append(version)
     fsync_dir(root)
-    if not (root / CURRENT).exists() and list_versions(source, name):
+    if offered and not (root / CURRENT).exists():
         set_current(store, name, current_version(source, name))
     return added, clashes
+
+
+@contextmanager
+def _staging(root: Path, prefix: str) -> Iterator[Path]:
+    """A hidden temp folder inside `root` where a version is assembled before it is renamed into
+    place; removed if it is still there afterwards (the version never appeared)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def version_path(store: Path, name: str, version: str | None = None) -> Path:
