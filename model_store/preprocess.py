@@ -57,8 +57,9 @@ def decode_image(data: bytes, max_pixels: int, min_side: int | None = None) -> I
             f"image declares too many pixels ({exc}); the limit is {max_pixels}"
         ) from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(
-            f"not a readable image ({exc}); accepted: {', '.join(ACCEPTED_FORMATS)}"
+        raise ImageError(  # not Pillow's text: it names a BytesIO object's address
+            f"not a readable image (no accepted format recognises its header); accepted: "
+            f"{', '.join(ACCEPTED_FORMATS)}"
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
         raise ImageError(f"image data is corrupt or truncated: {exc}") from exc

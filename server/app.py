@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import errors, routes
 from .batching import Batcher
 from .config import Settings
+from .fastpath import RawClassify
 from .holder import CandidateRefused, ModelHolder
 from .metrics import Metrics
 from .middleware import BodyLimit, RequestMetrics
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
     app.router.routes.append(
         Route("/metrics", _Endpoint(make_asgi_app(metrics.registry)), include_in_schema=False)
     )
+    app.add_middleware(RawClassify)  # inside the two below: limited and counted like the rest
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees every 413 too
     return app

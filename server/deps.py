@@ -10,6 +10,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from starlette.datastructures import State
 
 from .batching import Batcher
 from .config import Settings, get_settings
@@ -22,20 +23,26 @@ async def get_holder(request: Request) -> ModelHolder:
     return request.app.state.holder
 
 
-async def get_batcher(request: Request) -> Batcher:
-    batcher = request.app.state.batcher
-    if batcher is None:
+def running_batcher(state: State) -> Batcher:
+    """The app's batcher; 503 before start-up ends and once draining starts."""
+    if state.batcher is None:
         raise NotReady("the server is starting or shutting down; retry shortly")
-    return batcher
+    return state.batcher
 
 
-async def get_served(
-    request: Request, holder: Annotated[ModelHolder, Depends(get_holder)]
-) -> Served:
-    """The version this request will use, fixed when the request starts."""
-    if holder.current is None or request.app.state.batcher is None:
+def current_served(state: State) -> Served:
+    """The version a request will use, fixed when the request starts; 503 until one is warm."""
+    if state.holder.current is None or state.batcher is None:
         raise NotReady("the model is not loaded and warmed yet; retry shortly")
-    return holder.current
+    return state.holder.current
+
+
+async def get_batcher(request: Request) -> Batcher:
+    return running_batcher(request.app.state)
+
+
+async def get_served(request: Request) -> Served:
+    return current_served(request.app.state)
 
 
 async def require_admin(
@@ -55,7 +62,6 @@ async def require_admin(
         raise Forbidden("wrong admin token")
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 ServedDep = Annotated[Served, Depends(get_served)]

@@ -137,11 +137,16 @@ def _http_code(status: int) -> str:
     return {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(status, "error")
 
 
-async def handle(request: Request, exc: Exception) -> JSONResponse:
+def render(exc: Exception, method: str, path: str) -> JSONResponse:
+    """Any exception as the client's JSON error; a server bug's traceback goes to the log."""
     error = _translate(exc)
     if error.status >= 500 and not isinstance(error, Unavailable):
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        log.error("unhandled error on %s %s", method, path, exc_info=exc)
     return error_response(error)
+
+
+async def handle(request: Request, exc: Exception) -> JSONResponse:
+    return render(exc, request.method, request.url.path)
 
 
 def install(app: FastAPI) -> None:

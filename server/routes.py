@@ -11,13 +11,13 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from starlette.datastructures import UploadFile
+from starlette.datastructures import State, UploadFile
 
 from model_store import ImageError, ImageTooLarge
 
 from .batching import Batcher
 from .config import Settings
-from .deps import AdminDep, BatcherDep, HolderDep, ServedDep, SettingsDep
+from .deps import AdminDep, BatcherDep, HolderDep, ServedDep, current_served, running_batcher
 from .errors import BadParameters, BatcherDown, ResultTimeout, UnknownDomain, UnsupportedMediaType
 from .runner import Served, decode, encode
 from .schemas import (
@@ -46,6 +46,7 @@ RAW_TYPES = (
     "application/octet-stream",
 )
 MULTIPART = "multipart/form-data"
+TOP_K_MAX = 1000
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
 }
@@ -87,33 +88,26 @@ INLINE_DECODE_PIXELS = 128 * 128
 
 @dataclass
 class ClassifyCall:
-    """One classify request: the version it uses, its checked domain, and how to answer it."""
+    """One classify request: the version it uses, its checked domain, and how to answer it.
+    Both ways in build one: the FastAPI route below and the raw-body fast path (fastpath.py)."""
 
-    request: Request
     served: Served
     settings: Settings
     batcher: Batcher
+    decode_slots: anyio.CapacityLimiter  # decode_concurrency, across requests
     domain: str
     top_k: int
 
-    async def images(self, many: bool) -> list[tuple[str | None, bytes]]:
-        """The uploaded images: a raw body, or the `file` parts of a multipart form."""
-        media = self.request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media in RAW_TYPES and not many:
-            return [(None, await self.request.body())]
-        if media != MULTIPART:
-            accepted = f"{MULTIPART} with `file` parts"
-            if not many:
-                accepted = f"{', '.join(RAW_TYPES)}, or {MULTIPART} with one `file` part"
-            raise UnsupportedMediaType(f"content type {media or '(none)'!r}; send {accepted}")
-        limit = self.settings.max_queue  # more parts than a queue holds could never be served
-        async with self.request.form(max_files=limit, max_fields=limit) as form:
-            parts = form.getlist("file")
-            if not parts or not all(isinstance(p, UploadFile) for p in parts):
-                raise BadParameters("send each image as a multipart file part named `file`")
-            if not many and len(parts) != 1:
-                raise BadParameters("send exactly one `file` part; /classify/batch takes several")
-            return [(p.filename, await p.read()) for p in parts]  # type: ignore[union-attr]
+    @classmethod
+    def checked(cls, state: State, domain: str, top_k: int) -> ClassifyCall:
+        """The call for the app's current version; 503 before it is warm, 404 for a domain the
+        version does not have."""
+        served = current_served(state)
+        batcher = running_batcher(state)
+        if domain not in served.index:
+            known = ", ".join(served.index)
+            raise UnknownDomain(f"unknown domain {domain!r}; known domains: {known}")
+        return cls(served, state.settings, batcher, state.decode_slots, domain, top_k)
 
     async def decode(self, images: list[tuple[str | None, bytes]], many: bool) -> list[np.ndarray]:
         """Every image decoded in order, off the event loop in one thread hop (one small image:
@@ -137,8 +131,7 @@ class ClassifyCall:
                 return [decode(self.served, self.domain, images[0][1], INLINE_DECODE_PIXELS)]
             except ImageTooLarge:
                 pass  # only larger than the inline size (its header said so): decode in a thread
-        slots = self.request.app.state.decode_slots  # decode_concurrency, across requests
-        return await anyio.to_thread.run_sync(decode_all, limiter=slots)
+        return await anyio.to_thread.run_sync(decode_all, limiter=self.decode_slots)
 
     async def predict(self, x: np.ndarray) -> list[Prediction]:
         """Wait for this image's own result from its batch."""
@@ -151,19 +144,43 @@ class ClassifyCall:
             ) from None
         return encode(self.served, self.domain, probs, self.top_k)
 
+    async def classify(self, image: bytes) -> ClassifyResponse:
+        """One raw image through decode, its batch and top-k."""
+        [x] = await self.decode([(None, image)], many=False)
+        predictions = await self.predict(x)
+        return ClassifyResponse(
+            domain=self.domain, model_version=self.served.version, predictions=predictions
+        )
+
+
+async def read_images(
+    request: Request, settings: Settings, many: bool
+) -> list[tuple[str | None, bytes]]:
+    """The uploaded images: a raw body, or the `file` parts of a multipart form."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media in RAW_TYPES and not many:
+        return [(None, await request.body())]
+    if media != MULTIPART:
+        accepted = f"{MULTIPART} with `file` parts"
+        if not many:
+            accepted = f"{', '.join(RAW_TYPES)}, or {MULTIPART} with one `file` part"
+        raise UnsupportedMediaType(f"content type {media or '(none)'!r}; send {accepted}")
+    limit = settings.max_queue  # more parts than a queue holds could never be served
+    async with request.form(max_files=limit, max_fields=limit) as form:
+        parts = form.getlist("file")
+        if not parts or not all(isinstance(p, UploadFile) for p in parts):
+            raise BadParameters("send each image as a multipart file part named `file`")
+        if not many and len(parts) != 1:
+            raise BadParameters("send exactly one `file` part; /classify/batch takes several")
+        return [(p.filename, await p.read()) for p in parts]  # type: ignore[union-attr]
+
 
 async def classify_call(
     request: Request,
-    served: ServedDep,
-    settings: SettingsDep,
-    batcher: BatcherDep,
     domain: Annotated[str, Query(min_length=1, max_length=64, description="see /domains")],
-    top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to return")] = 5,
+    top_k: Annotated[int, Query(ge=1, le=TOP_K_MAX, description="how many classes to return")] = 5,
 ) -> ClassifyCall:
-    if domain not in served.index:
-        known = ", ".join(served.index)
-        raise UnknownDomain(f"unknown domain {domain!r}; known domains: {known}")
-    return ClassifyCall(request, served, settings, batcher, domain, top_k)
+    return ClassifyCall.checked(request.app.state, domain, top_k)
 
 
 Call = Annotated[ClassifyCall, Depends(classify_call)]
@@ -172,25 +189,22 @@ Call = Annotated[ClassifyCall, Depends(classify_call)]
 @router.post(
     "/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=IMAGE_BODY
 )
-async def classify(call: Call) -> ClassifyResponse:
+async def classify(call: Call, request: Request) -> ClassifyResponse:
     """Classify one image (raw body or one multipart `file`) with one domain's head."""
-    [x] = await call.decode(await call.images(many=False), many=False)
-    predictions = await call.predict(x)
-    return ClassifyResponse(
-        domain=call.domain, model_version=call.served.version, predictions=predictions
-    )
+    [(_, image)] = await read_images(request, call.settings, many=False)
+    return await call.classify(image)
 
 
 @router.post(
     "/classify/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=FORM_BODY
 )
-async def classify_batch(call: Call) -> BatchResponse:
+async def classify_batch(call: Call, request: Request) -> BatchResponse:
     """Classify several `file` parts of one domain; one result per part, in order."""
 
     async def one(filename: str | None, x: np.ndarray) -> BatchItem:
         return BatchItem(filename=filename, predictions=await call.predict(x))
 
-    images = await call.images(many=True)
+    images = await read_images(request, call.settings, many=True)
     decoded = await call.decode(images, many=True)  # all of them, before any is queued
     results = await asyncio.gather(
         *(one(name, x) for (name, _), x in zip(images, decoded, strict=True))
