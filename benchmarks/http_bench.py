@@ -2,10 +2,12 @@
 
 Each app runs alone on the box and serves the same stored model's domain (the bundled model's
 fashion by default): our `python -m server` as shipped (compiled graphs when the version has
-them, batching), `benchmarks.plain_app` (one torch forward of the same pruned view per request
-in FastAPI's threadpool), and that app's route that only reads the body. wrk posts one
-Fashion-MNIST test image as a raw image/png body at each client count, after a warm-up. The
-server's own hooks, in-process at batch 1, give what decode + forward cost without HTTP.
+them, batching), then with each opt-in runtime this install and version can run (int8 graphs in
+ONNX Runtime, OpenVINO fp32 and bf16), `benchmarks.plain_app` (one torch forward of the same
+pruned view per request in FastAPI's threadpool), and that app's route that only reads the body.
+wrk posts one Fashion-MNIST test image as a raw image/png body at each client count, after a
+warm-up. The server's own hooks, in-process at batch 1, give what decode + forward cost without
+HTTP.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from model_store import read_manifest, version_path
-from model_store.onnx_runtime import mixed_key
+from model_store import ArtifactError, version_path
+from server.runner import load_runtime
 
 from .common import process_memory
 from .inprocess import InProcess
@@ -31,7 +33,13 @@ from .workloads import png_bytes
 from .wrk import run_wrk
 
 log = logging.getLogger(__name__)
-OURS, OURS_INT8, PLAIN, BODY = "ours", "ours, int8", "plain FastAPI", "body only"
+OURS, PLAIN, BODY = "ours", "plain FastAPI", "body only"
+# the opt-in runtimes, each measured when this install and the version can run it
+VARIANTS = {
+    "ours, int8": {"precision": "int8"},
+    "ours, OpenVINO fp32": {"runtime": "openvino"},
+    "ours, OpenVINO bf16": {"runtime": "openvino", "precision": "bf16"},
+}
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,15 @@ def _sweep(app: str, url: str, image: bytes, s: Settings) -> list[dict[str, Any]
     return rows
 
 
-def _has_int8(store: Path, model: str) -> bool:
-    """Whether CURRENT carries int8 graphs (`python -m training quantize` adds them)."""
-    return mixed_key("int8") in read_manifest(version_path(store, model)).files
+def _unavailable(store: Path, model: str, settings: dict[str, str]) -> str | None:
+    """Why the server cannot run CURRENT with these settings here (None: it can): no int8
+    graphs, no OpenVINO installed, no bf16 record or no native bf16 on this CPU."""
+    runtime, precision = settings.get("runtime", "auto"), settings.get("precision", "fp32")
+    try:
+        load_runtime(version_path(store, model), runtime, 1, precision)
+    except ArtifactError as exc:
+        return str(exc)
+    return None
 
 
 def _runtime(server: Server) -> str:
@@ -82,14 +96,19 @@ def _runtime(server: Server) -> str:
 def measure(s: Settings) -> dict[str, Any]:
     image, image_note = fashion_png()
     rows: list[dict[str, Any]] = []
+    skipped = {}
     with tempfile.TemporaryDirectory() as tmp:
         with serve(s.store, s.model, Path(tmp)) as ours:
             runtime = _runtime(ours)
             rows += _sweep(OURS, f"{ours.url}/classify?domain={s.domain}", image, s)
             memory = process_memory(ours.pid)
-        if _has_int8(s.store, s.model):
-            with serve(s.store, s.model, Path(tmp), precision="int8") as ours_int8:
-                rows += _sweep(OURS_INT8, f"{ours_int8.url}/classify?domain={s.domain}", image, s)
+        for label, settings in VARIANTS.items():
+            if (why := _unavailable(s.store, s.model, settings)) is not None:
+                log.info("%s not measured: %s", label, why)
+                skipped[label] = why
+                continue
+            with serve(s.store, s.model, Path(tmp), **settings) as variant:
+                rows += _sweep(label, f"{variant.url}/classify?domain={s.domain}", image, s)
         with serve_plain(s.store, s.model, s.domain, Path(tmp)) as plain:
             rows += _sweep(PLAIN, f"{plain.url}/classify", image, s)
             rows += _sweep(BODY, f"{plain.url}/body", image, s)
@@ -102,6 +121,7 @@ def measure(s: Settings) -> dict[str, Any]:
         "image": image_note,
         "image_bytes": len(image),
         "runtime": runtime,
+        "skipped": skipped,
         "server_memory": memory,
         "inprocess_batch1_ms": 1e3 / one["images_per_s"],
         "inprocess_ceiling": full,

@@ -62,6 +62,8 @@ _LAZY = {
     "domain_key": "onnx_runtime",
     "make_session": "onnx_runtime",
     "mixed_key": "onnx_runtime",
+    "OpenVinoGraphs": "openvino_runtime",
+    "compile_graph": "openvino_runtime",
     "domain_filters": "slicing",
     "domain_view": "slicing",
     "prune_to_union": "slicing",
@@ -95,6 +97,7 @@ if TYPE_CHECKING:
         make_session,
         mixed_key,
     )
+    from .openvino_runtime import OpenVinoGraphs, compile_graph
     from .slicing import domain_filters, domain_view, prune_to_union, slice_network, union_filters
     from .torch_runtime import TorchRuntime
 
@@ -122,6 +125,7 @@ __all__ = [
     "ModelSpec",
     "MultiDomainResNet",
     "OnnxGraphs",
+    "OpenVinoGraphs",
     "PRECISIONS",
     "Preprocess",
     "SpecError",
@@ -131,6 +135,7 @@ __all__ = [
     "domain_name_problems",
     "baseline_cost",
     "build_model",
+    "compile_graph",
     "cost_fraction",
     "current_version",
     "decode_image",

@@ -130,15 +130,15 @@ def add_graphs(folder: Path) -> Manifest:
     return add_files(folder, manifest, export_graphs(model))
 
 
-GRAPH_RECORDS = ("int8",)  # manifest.training entries measured on a version's graphs
+GRAPH_RECORDS = ("int8", "bf16")  # manifest.training entries measured on a version's graphs
 
 
 def recompile_version(store: Path, name: str, version: str | None = None) -> Manifest:
     """Publish a new version with `version`'s weights, masks and records and graphs exported by
     this code, so an export improvement reaches a stored model without retraining; the old
     version stays as it was, and CURRENT does not move. What was derived from the old graphs
-    (int8 graphs and their accuracy) is not carried: `python -m training quantize` measures it
-    again on the new ones."""
+    (int8 graphs, int8 and bf16 accuracy) is not carried: `python -m training quantize` and
+    `measure-bf16` measure it again on the new ones."""
     folder = version_path(store, name, version)
     manifest, model = read_artifact(folder)
     carried = {

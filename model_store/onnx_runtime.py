@@ -39,6 +39,31 @@ def mixed_key(precision: str = "fp32") -> str:
 
 
 MIXED_KEY = mixed_key()
+MIXED = ""  # graph_keys' key for the mixed graph (no domain has an empty name)
+
+
+def graph_keys(folder: Path, manifest: Manifest, precision: str = "fp32") -> dict[str, str]:
+    """Each domain's graph key and the mixed one's (under MIXED), all listed in the manifest;
+    if one is missing, the error names the command that makes them."""
+    keys = {n: domain_key(n, precision) for n in manifest.spec.domain_names}
+    keys[MIXED] = mixed_key(precision)
+    missing = [k for k in keys.values() if k not in manifest.files]
+    if missing:
+        v = manifest.version
+        make = f"model_store export-graphs {v}"
+        if precision != "fp32":
+            make = f"training quantize --version {v}"
+        raise ArtifactError(
+            f"{folder}: no {precision} graphs {missing} in the manifest; make them with "
+            f"`python -m {make}`"
+        )
+    return keys
+
+
+def column_slices(manifest: Manifest) -> list[slice]:
+    """Domain d's logits in the mixed graph's output: the columns of slice d."""
+    edges = np.cumsum([0, *(len(d.labels) for d in manifest.spec.domains)]).tolist()
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def make_session(model: str | bytes, threads: int | None = None) -> ort.InferenceSession:
@@ -63,23 +88,11 @@ class OnnxGraphs:
         threads: int | None = None,
         precision: str = "fp32",
     ):
-        folder, names = Path(folder), manifest.spec.domain_names
-        keys = {n: domain_key(n, precision) for n in names}
-        missing = [k for k in [*keys.values(), mixed_key(precision)] if k not in manifest.files]
-        if missing:
-            v = manifest.version
-            make = f"model_store export-graphs {v}"
-            if precision != "fp32":
-                make = f"training quantize --version {v}"
-            raise ArtifactError(
-                f"{folder}: no {precision} graphs {missing} in the manifest; make them with "
-                f"`python -m {make}`"
-            )
+        keys = graph_keys(folder, manifest, precision)
         self.precision = precision
-        self.domains = {n: make_session(str(folder / keys[n]), threads) for n in names}
-        self.mixed = make_session(str(folder / mixed_key(precision)), threads)
-        counts = [len(d.labels) for d in manifest.spec.domains]
-        self.columns = np.cumsum([0, *counts])  # domain d's logits: columns[d]:columns[d + 1]
+        self.mixed = make_session(str(Path(folder) / keys.pop(MIXED)), threads)
+        self.domains = {n: make_session(str(Path(folder) / k), threads) for n, k in keys.items()}
+        self.columns = column_slices(manifest)
 
     def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:
         """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32."""
@@ -88,5 +101,4 @@ class OnnxGraphs:
     def run_mixed(self, indices: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
         """Image i through domain number `indices[i]` (int64): one logits vector per image."""
         every_head = self.mixed.run(None, {"x": x, "domains": indices})[0]
-        cols = self.columns
-        return [every_head[row, cols[d] : cols[d + 1]] for row, d in enumerate(indices)]
+        return [every_head[row, self.columns[d]] for row, d in enumerate(indices)]

@@ -3,8 +3,9 @@
 # run does nothing unless pyproject.toml changed. Used by the Makefile, CI and the Dockerfile.
 #
 #   BAP_VENV            where the environment lives             (default .venv)
-#   BAP_EXTRAS          extras to install                          (default torch,dev,data; empty: the
-#                       server alone, which runs compiled graphs without torch: the Docker image)
+#   BAP_EXTRAS          extras to install                 (default torch,dev,data,openvino; empty:
+#                       the server alone, which runs compiled graphs without torch: the Docker
+#                       image; openvino alone: that server with the opt-in OpenVINO runtime)
 #   BAP_TORCH           the torch requirement installed first when the extras hold torch (default
 #                       torch==2.13.0, the CPU wheel on this machine's disk; never let pip resolve a
 #                       bare "torch": that is a CUDA build)
@@ -16,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${BAP_VENV:-.venv}
-extras=${BAP_EXTRAS-torch,dev,data}
+extras=${BAP_EXTRAS-torch,dev,data,openvino}
 stamp="$venv/.bap-installed-$extras"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

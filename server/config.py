@@ -15,7 +15,9 @@ from fastapi import Request
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Runtime = Literal["auto", "onnx", "torch"]
+Runtime = Literal["auto", "onnx", "openvino", "torch"]
+Precision = Literal["fp32", "int8", "bf16"]
+PRECISION_RUNTIMES = {"int8": ("onnx", "auto"), "bf16": ("openvino",)}  # fp32: every runtime
 
 BatchingPolicy = Literal["per-domain", "mixed", "auto"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -64,13 +66,16 @@ class Settings(BaseSettings):
     )
     runtime: Runtime = Field(
         "auto",
-        description="onnx: the version's compiled graphs (refused without them); torch; "
+        description="onnx: the version's compiled graphs in ONNX Runtime (refused without them); "
+        "openvino: the same graphs in OpenVINO (pip install .[openvino]); torch; "
         "auto: onnx when the version carries graphs (python -m model_store export-graphs)",
     )
-    precision: Literal["fp32", "int8"] = Field(
+    precision: Precision = Field(
         "fp32",
-        description="int8: the version's int8 graphs (python -m training quantize adds them, "
-        "with their test accuracy, shown in /domains); fp32 otherwise",
+        description="int8 (runtime onnx or auto): the version's int8 graphs (python -m training "
+        "quantize adds them with their test accuracy); bf16 (runtime openvino, a CPU with "
+        "avx512_bf16 or AMX): once python -m training measure-bf16 has recorded its accuracy; "
+        "both shown in /domains",
     )
     admin_token: SecretStr | None = Field(
         None, description=f"enables POST /admin/reload; {MIN_TOKEN_LENGTH}+ characters"
@@ -100,6 +105,16 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: object) -> object:
         # Compose files pass `BAP_ADMIN_TOKEN=${BAP_ADMIN_TOKEN:-}`: empty means "not configured".
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _precision_has_its_runtime(self) -> Settings:
+        runtimes = PRECISION_RUNTIMES.get(self.precision)
+        if runtimes is not None and self.runtime not in runtimes:
+            raise ValueError(
+                f"precision {self.precision} runs with runtime {' or '.join(runtimes)}, "
+                f"not {self.runtime}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _token_from_file(self) -> Settings:

@@ -6,7 +6,8 @@ batches that mix domains) and, per domain, a view that computes only that domain
 
 Runtime (`runtime` setting): "onnx" runs the version's compiled graphs in ONNX Runtime (proven
 equal to the masked network within 1e-4 by tests/model_store/test_graphs.py; 4-8x faster than
-torch at batch 1 here), "torch" the torch modules, "auto" ONNX when the version carries graphs.
+torch at batch 1 here), "openvino" the same graphs in OpenVINO (opt-in; fp32 or bf16), "torch"
+the torch modules, "auto" ONNX when the version carries graphs.
 This module imports no torch: with ONNX Runtime the server runs without it installed.
 """
 
@@ -74,9 +75,9 @@ class Served:
         return self.manifest.version
 
 
-def onnx_threads() -> int:
-    """ONNX Runtime's default intra-op threads in the server: every core but one, which stays
-    with the event loop (HTTP, decoding, replies). Measured on this 2-core box (bundled model,
+def default_threads() -> int:
+    """The compiled runtimes' default intra-op threads in the server: every core but one, which
+    stays with the event loop (HTTP, decoding, replies). Measured on this 2-core box (bundled model,
     wrk, 32 clients): 1 thread 2,134-2,182 req/s against 1,671-1,739 with 2, equal at 1 client."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
@@ -88,6 +89,9 @@ def load_runtime(
     manifest and the graphs (every listed file's SHA-256 checked, weights included): torch is
     imported only when the torch modules run. int8 exists only as graphs."""
     manifest = read_manifest(folder)
+    if runtime == "openvino":
+        verify_files(folder, manifest)
+        return manifest, _openvino(folder, manifest, threads or default_threads(), precision)
     onnx = runtime == "onnx" or (runtime == "auto" and MIXED_KEY in manifest.files)
     if precision != "fp32" and not onnx:
         raise ArtifactError(
@@ -98,7 +102,7 @@ def load_runtime(
         verify_files(folder, manifest)
         from model_store import OnnxGraphs
 
-        return manifest, OnnxGraphs(folder, manifest, threads or onnx_threads(), precision)
+        return manifest, OnnxGraphs(folder, manifest, threads or default_threads(), precision)
     try:
         from model_store import TorchRuntime, read_artifact
     except ImportError as exc:  # the server-only install (the Docker image) has no torch
@@ -108,6 +112,23 @@ def load_runtime(
         ) from exc
     manifest, model = read_artifact(folder)
     return manifest, TorchRuntime(model, threads)
+
+
+def _openvino(folder: Path, manifest: Manifest, threads: int, precision: str) -> Runtime:
+    """OpenVINO on the version's graphs; bf16 only once its accuracy is on record."""
+    if precision != "fp32" and precision not in manifest.training:
+        raise ArtifactError(
+            f"{folder}: no measured {precision} accuracy in the manifest; measure it on the test "
+            f"sets first: `python -m training measure-{precision} --version {manifest.version}`"
+        )
+    try:
+        from model_store import OpenVinoGraphs
+    except ImportError as exc:
+        raise ArtifactError(
+            f"runtime openvino: OpenVINO is not installed ({exc}); `pip install .[openvino]`, "
+            "or build the image with --build-arg BAP_EXTRAS=openvino"
+        ) from exc
+    return OpenVinoGraphs(folder, manifest, threads, precision)
 
 
 def setup(

@@ -35,6 +35,9 @@ class DomainInfo(BaseModel):
     accuracy_int8: float | None = Field(
         None, description="test accuracy through the int8 graphs, if the version has them"
     )
+    accuracy_bf16: float | None = Field(
+        None, description="test accuracy through OpenVINO in bf16, if measured (measure-bf16)"
+    )
     parameters: int = Field(description="parameters this domain's own filters use")
     macs: int = Field(description="multiply-accumulates per image")
     cost_fraction: float = Field(description="cost vs the single-domain backbone (budget unit)")

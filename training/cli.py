@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-images", type=int, default=512, help="training images per domain (512)"
     )
 
+    b = sub.add_parser(
+        "measure-bf16",
+        help="measure a version's test accuracy through OpenVINO in bf16 (needed to serve bf16)",
+    )
+    _store_args(b)
+    b.add_argument("--version", help="version to use (default CURRENT)")
+
     a = sub.add_parser(
         "add-domain", help="train one more domain onto a published version, the others untouched"
     )
@@ -306,6 +313,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure_bf16(args: argparse.Namespace) -> int:
+    from .bf16 import measure_bf16  # OpenVINO (the openvino extra), only for this command
+
+    manifest = measure_bf16(args.store, _name(args), args.version)
+    rows = manifest.training["bf16"]["domains"]
+    _print(
+        f"{manifest.name} {manifest.version}: bf16 accuracy recorded; test accuracy through "
+        "OpenVINO fp32 -> bf16: "
+        + ", ".join(
+            f"{d} {r['accuracy_fp32']:.4f} -> {r['accuracy_bf16']:.4f}" for d, r in rows.items()
+        )
+    )
+    return 0
+
+
 def cmd_add_domain(args: argparse.Namespace) -> int:
     entry: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
     if args.source:
@@ -405,6 +427,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "inspect": cmd_inspect,
     "quantize": cmd_quantize,
+    "measure-bf16": cmd_measure_bf16,
     "add-domain": cmd_add_domain,
     "remove-domain": cmd_remove_domain,
 }

@@ -1,4 +1,5 @@
-"""The server on ONNX Runtime: the version's compiled graphs answer like the torch network."""
+"""The server on its compiled runtimes (ONNX Runtime, OpenVINO): the version's graphs answer like
+the torch network."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from model_store import version_path
+from model_store import ArtifactError, add_files, read_manifest, version_path
 from model_store.graphs import add_graphs
 from server import create_app
 from server.__main__ import load_model
@@ -111,11 +113,15 @@ def test_without_torch_a_version_without_graphs_names_the_export(store: Path) ->
     assert "python -m model_store export-graphs v1" in run.stderr
 
 
-def test_int8_needs_the_int8_graphs_and_the_graph_runtime(compiled_store: Path) -> None:
+def test_int8_needs_the_int8_graphs(compiled_store: Path) -> None:
     with pytest.raises(SystemExit, match="training quantize --version v1"):
         load_model(settings_for(compiled_store, precision="int8"))
+
+
+def test_int8_needs_a_graph_runtime(store: Path) -> None:
+    # a version without graphs: auto means torch, which has no int8
     with pytest.raises(SystemExit, match="int8 runs only as compiled graphs"):
-        load_model(settings_for(compiled_store, precision="int8", runtime="torch"))
+        load_model(settings_for(store, precision="int8"))
 
 
 # The operator's store commands in the torch-free install (the Docker image), torch blocked.
@@ -160,3 +166,60 @@ def test_onnx_runtime_leaves_a_core_to_the_event_loop(
     assert threads(torch_threads=2) == {2}
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
     assert threads() == {1}
+
+
+async def test_openvino_answers_like_torch_and_says_so(compiled_store: Path) -> None:
+    reference = Reference(compiled_store)
+    for overrides in ({"max_batch_size": 1}, {"batching": "mixed", "max_batch_delay_ms": 50}):
+        app = create_app(settings_for(compiled_store, runtime="openvino", **overrides))
+        async with running(app) as client:
+            ready = (await client.get("/readyz")).json()
+            assert (ready["runtime"], ready["precision"]) == ("openvino", "fp32")
+            for seed, domain in enumerate(DOMAINS * 2):
+                data = image_bytes(seed)
+                r = await client.post(
+                    f"/classify?domain={domain}&top_k=3",
+                    content=data,
+                    headers={"content-type": "image/png"},
+                )
+                assert r.status_code == 200, r.text
+                assert_matches(r.json(), reference.scores(domain, data))
+
+
+async def test_bf16_is_served_once_measured_and_shows_its_accuracy(compiled_store: Path) -> None:
+    with pytest.raises(SystemExit, match="measure-bf16 --version v1"):
+        load_model(settings_for(compiled_store, runtime="openvino", precision="bf16"))
+    folder = version_path(compiled_store, "tiny")
+    manifest = read_manifest(folder)
+    domains = {d: {"accuracy_fp32": 0.9, "accuracy_bf16": 0.875} for d in DOMAINS}
+    manifest.training["bf16"] = {"runtime": "openvino test", "cpu": "test", "domains": domains}
+    add_files(folder, manifest, {})
+    app = create_app(settings_for(compiled_store, runtime="openvino", precision="bf16"))
+    try:
+        async with running(app) as client:
+            info = (await client.get("/domains")).json()
+            r = await client.post(
+                f"/classify?domain={DOMAINS[0]}",
+                content=image_bytes(0),
+                headers={"content-type": "image/png"},
+            )
+    except ArtifactError as exc:  # a CPU without native bf16 refuses to serve it, by design
+        pytest.skip(str(exc))
+    assert (info["runtime"], info["precision"]) == ("openvino", "bf16")
+    assert [d["accuracy_bf16"] for d in info["domains"]] == [0.875] * len(DOMAINS)
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision", "message"),
+    [
+        ("onnx", "bf16", "precision bf16 runs with runtime openvino, not onnx"),
+        ("torch", "bf16", "precision bf16 runs with runtime openvino, not torch"),
+        ("openvino", "int8", "precision int8 runs with runtime onnx or auto, not openvino"),
+    ],
+)
+def test_a_precision_without_its_runtime_is_refused(
+    store: Path, runtime: str, precision: str, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        settings_for(store, runtime=runtime, precision=precision)

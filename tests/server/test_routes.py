@@ -139,6 +139,7 @@ async def test_domains_lists_labels_costs_budget_and_totals(store: Path) -> None
         "labels": ["c0", "c1", "c2"],
         "accuracy": 0.9,
         "accuracy_int8": None,  # no int8 graphs in this version
+        "accuracy_bf16": None,  # nor a bf16 measurement
         "parameters": 1000,
         "macs": 5000,
         "cost_fraction": 0.4,

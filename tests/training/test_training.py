@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import openvino
 import pytest
 import torch
 
 from model_store import (
+    ArtifactError,
     cost_fraction,
     domain_key,
     load_version,
@@ -179,6 +181,29 @@ def test_cli_trains_publishes_and_inspects(tmp_path: Path) -> None:
         [*cmd, "quantize", "--store", str(store), "--name", "smoke"], capture_output=True, text=True
     )
     assert again.returncode == 2 and "already listed" in again.stderr
+
+    # bf16 through OpenVINO: measured on the test split and recorded, then servable
+    with pytest.raises(ArtifactError, match="measure-bf16 --version"):
+        setup(store, "smoke", runtime="openvino", precision="bf16")
+    bf16 = subprocess.run(
+        [*cmd, "measure-bf16", "--store", str(store), "--name", "smoke"],
+        capture_output=True,
+        text=True,
+    )
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert bf16.returncode == 2 and "no native bf16" in bf16.stderr
+        return
+    assert bf16.returncode == 0, bf16.stderr
+    assert "bf16 accuracy recorded" in bf16.stdout
+    manifest, _ = read_artifact(store / "smoke" / manifest.version)
+    record = manifest.training["bf16"]
+    assert record["runtime"].startswith("openvino ") and record["cpu"]
+    assert set(record["domains"]) == set(manifest.spec.domain_names)
+    assert all(0 <= r["accuracy_bf16"] <= 1 for r in record["domains"].values())
+    served = setup(store, "smoke", runtime="openvino", precision="bf16")
+    assert (served.runtime.name, served.runtime.precision) == ("openvino", "bf16")
+    probs = predict(Batch(served, "mixed", names, images, [0.0] * len(names)))
+    assert all(abs(float(p.sum()) - 1) < 1e-3 for p in probs)
 
 
 def test_cli_refuses_bad_input_with_a_message(tmp_path: Path) -> None:
