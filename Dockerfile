@@ -12,10 +12,13 @@ FROM ${PYTHON_IMAGE} AS build
 # binutils: slim_venv.sh strips the venv's shared libraries with it (-22 MB); an offline build
 # that reaches no Debian mirror passes --build-arg BAP_BUILD_PACKAGES= and keeps the symbols.
 ARG BAP_BUILD_PACKAGES=binutils
+# --build-arg BAP_EXTRAS=openvino adds the opt-in OpenVINO runtime (BAP_RUNTIME=openvino, and
+# BAP_PRECISION=bf16 on a CPU with avx512_bf16 or AMX); the default image has ONNX Runtime only.
+ARG BAP_EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     BAP_VENV=/opt/venv \
-    BAP_EXTRAS="" \
+    BAP_EXTRAS=${BAP_EXTRAS} \
     BAP_SYSTEM_PACKAGES=${BAP_BUILD_PACKAGES}
 # pip's own variables as build args, for a local wheel folder or a private index, e.g.
 #   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/app/wheels  (wheels/ in the context)

@@ -9,6 +9,9 @@
 #   - Pillow's AVIF codec (not a format the server accepts: model_store.ACCEPTED_FORMATS) and its
 #     font renderer (freetype, harfbuzz, brotli, png16: the server draws no text); Pillow's
 #     plugin loader skips a plugin whose codec is missing;
+#   - with the openvino extra (BAP_EXTRAS=openvino): every OpenVINO plugin but the CPU one (GPU,
+#     NPU, AUTO, HETERO, batching), every model frontend but ONNX and IR, its C API, headers,
+#     CMake files and converter tools (the server reads ONNX files onto the CPU, nothing else);
 #   - the symbols of the extension modules, where `strip` is installed (the Dockerfile's build
 #     stage adds binutils): uvloop alone goes from 13.6 to 1.6 MB.
 # The check loads the bundled model exactly as the server does (sha256-verified, every domain's
@@ -23,6 +26,15 @@ rm -rf "$site"/numpy/f2py "$site"/numpy/distutils "$site"/numpy/_pyinstaller "$s
 rm -f "$site"/PIL/_avif.*.so "$site"/pillow.libs/libavif-*
 rm -f "$site"/PIL/_imagingft.*.so "$site"/pillow.libs/libfreetype-* "$site"/pillow.libs/libharfbuzz-* \
   "$site"/pillow.libs/libpng16-* "$site"/pillow.libs/libbrotli*
+ov="$site/openvino"
+if [ -d "$ov" ]; then
+  for lib in intel_gpu_plugin intel_npu_plugin auto_plugin auto_batch_plugin hetero_plugin c \
+    tensorflow_frontend tensorflow_lite_frontend paddle_frontend pytorch_frontend jax_frontend \
+    gguf_frontend; do
+    rm -f "$ov/libs/libopenvino_$lib".so*
+  done
+  rm -rf "$ov/include" "$ov/cmake" "$ov/tools" "$ov/libs/tbb.pc"
+fi
 if command -v strip >/dev/null; then
   # extension modules only: the libraries auditwheel vendored into *.libs/ were rewritten by
   # patchelf, and stripping them breaks their ELF layout (numpy: "not page-aligned")
@@ -42,7 +54,10 @@ for fmt in ACCEPTED_FORMATS:  # every accepted format still decodes after the re
     out = io.BytesIO()
     Image.new('RGB', (40, 30), (200, 30, 90)).save(out, fmt)
     decode_image(out.getvalue(), 10**6)
-served = load_served(Settings(runtime='onnx'))
+import importlib.util
+runtimes = ['onnx'] + (['openvino'] if importlib.util.find_spec('openvino') else [])
+for runtime in runtimes:
+    served = load_served(Settings(runtime=runtime))
 print('slim venv decodes', ', '.join(ACCEPTED_FORMATS), 'and serves', served.manifest.name,
-      served.manifest.version, 'on onnx')
+      served.manifest.version, 'on', ' and '.join(runtimes))
 "
