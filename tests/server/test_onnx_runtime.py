@@ -33,15 +33,18 @@ def compiled_store(store: Path) -> Path:
     return store
 
 
-async def test_every_domain_and_a_mixed_batch_answer_like_torch(compiled_store: Path) -> None:
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+async def test_every_domain_and_a_mixed_batch_answer_like_torch(
+    compiled_store: Path, runtime: str
+) -> None:
     reference = Reference(compiled_store)
     # max_batch_size 1 runs each domain's own graph; mixed batching then runs the mixed graph
     for overrides in ({"max_batch_size": 1}, {"batching": "mixed", "max_batch_delay_ms": 50}):
-        app = create_app(settings_for(compiled_store, runtime="onnx", **overrides))
+        app = create_app(settings_for(compiled_store, runtime=runtime, **overrides))
         async with running(app) as client:
             ready = (await client.get("/readyz")).json()
-            assert ready["runtime"] == "onnx"
-            assert (await client.get("/domains")).json()["runtime"] == "onnx"
+            assert (ready["runtime"], ready["precision"]) == (runtime, "fp32")
+            assert (await client.get("/domains")).json()["runtime"] == runtime
             for seed, domain in enumerate(DOMAINS * 2):
                 data = image_bytes(seed)
                 r = await client.post(
@@ -166,24 +169,6 @@ def test_onnx_runtime_leaves_a_core_to_the_event_loop(
     assert threads(torch_threads=2) == {2}
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
     assert threads() == {1}
-
-
-async def test_openvino_answers_like_torch_and_says_so(compiled_store: Path) -> None:
-    reference = Reference(compiled_store)
-    for overrides in ({"max_batch_size": 1}, {"batching": "mixed", "max_batch_delay_ms": 50}):
-        app = create_app(settings_for(compiled_store, runtime="openvino", **overrides))
-        async with running(app) as client:
-            ready = (await client.get("/readyz")).json()
-            assert (ready["runtime"], ready["precision"]) == ("openvino", "fp32")
-            for seed, domain in enumerate(DOMAINS * 2):
-                data = image_bytes(seed)
-                r = await client.post(
-                    f"/classify?domain={domain}&top_k=3",
-                    content=data,
-                    headers={"content-type": "image/png"},
-                )
-                assert r.status_code == 200, r.text
-                assert_matches(r.json(), reference.scores(domain, data))
 
 
 async def test_bf16_is_served_once_measured_and_shows_its_accuracy(compiled_store: Path) -> None:
