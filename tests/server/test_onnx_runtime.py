@@ -86,7 +86,8 @@ print(json.dumps({"answers": out, "torch_loaded": any(m.startswith("torch") for 
 """
 
 
-def _without_torch(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter at the repo root running `script` (which blocks what it must)."""
     root = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-c", script, *args]
     return subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
@@ -96,7 +97,7 @@ def test_the_server_runs_without_torch(compiled_store: Path) -> None:
     reference = Reference(compiled_store)
     requests = [(domain, image_bytes(seed)) for seed, domain in enumerate(DOMAINS)]
     wire = json.dumps([(d, data.hex()) for d, data in requests])
-    run = _without_torch(NO_TORCH_SERVER, str(compiled_store), wire)
+    run = _run_script(NO_TORCH_SERVER, str(compiled_store), wire)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert not result["torch_loaded"]
@@ -110,7 +111,7 @@ def test_without_torch_a_version_without_graphs_names_the_export(store: Path) ->
         "from server.__main__ import main\n"
         f"main(['--store', {str(store)!r}, '--model', 'tiny'])"
     )
-    run = _without_torch(script)
+    run = _run_script(script)
     assert run.returncode != 0
     assert "has no compiled graphs and this install has no torch" in run.stderr
     assert "python -m model_store export-graphs v1" in run.stderr
@@ -143,14 +144,14 @@ print("torch loaded:", any(m.startswith("torch") for m in sys.modules if sys.mod
 def test_the_store_commands_run_without_torch(compiled_store: Path, tmp_path: Path) -> None:
     """verify, list, set-current and seed need no torch: verification then loads every graph in
     ONNX Runtime after the SHA-256 check, and still refuses a corrupt file."""
-    run = _without_torch(NO_TORCH_CLI, str(compiled_store), str(tmp_path / "volume"))
+    run = _run_script(NO_TORCH_CLI, str(compiled_store), str(tmp_path / "volume"))
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("exit 0") == 4 and "torch loaded: False" in run.stdout
     assert "graphs load in ONNX Runtime (no torch here)" in run.stdout
     assert "seeded ['v1']" in run.stdout
     graph = next((version_path(compiled_store, "tiny") / "graphs" / "domains").iterdir())
     graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
-    run = _without_torch(NO_TORCH_CLI, str(compiled_store), str(tmp_path / "other"))
+    run = _run_script(NO_TORCH_CLI, str(compiled_store), str(tmp_path / "other"))
     assert "exit 1" in run.stdout and "SHA-256 does not match" in run.stderr
 
 
@@ -208,3 +209,14 @@ def test_a_precision_without_its_runtime_is_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         settings_for(store, runtime=runtime, precision=precision)
+
+
+def test_openvino_not_installed_names_the_extra(compiled_store: Path) -> None:
+    script = (
+        "import sys; sys.modules['openvino'] = None\n"
+        "from server.__main__ import main\n"
+        f"main(['--store', {str(compiled_store)!r}, '--model', 'tiny', '--runtime', 'openvino'])"
+    )
+    run = _run_script(script)  # only OpenVINO is blocked here
+    assert run.returncode != 0
+    assert "OpenVINO is not installed" in run.stderr and "pip install .[openvino]" in run.stderr
