@@ -2,7 +2,11 @@
 
 The sessions are built from the verified files of the version folder; each session runs
 with `threads` intra-op threads (None: ONNX Runtime's default, one per core) and sequential
-execution, since the server runs one batch at a time.
+execution, since the server runs one batch at a time. Their idle threads sleep instead of
+spinning: a version has one session per domain plus the mixed one, each with its own pool, and
+a pool left spinning after its batch takes the cores from the session that runs next. Measured
+on the 2-core AMD EPYC, 64 px width 1 batch 32, five sessions run in turn: the full network took
+153 ms with spinning and 124 without (118 and 123 run alone), a pruned view 98 and 67 ms.
 """
 
 from __future__ import annotations
@@ -67,12 +71,14 @@ def column_slices(manifest: Manifest) -> list[slice]:
 
 
 def make_session(model: str | bytes, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session of a graph (file path or bytes), every optimisation on."""
+    """An ONNX Runtime CPU session of a graph (file path or bytes), every optimisation on, idle
+    threads asleep (see above)."""
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if threads is not None:
         options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
