@@ -20,11 +20,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import render
-from .routes import RAW_TYPES, TOP_K_MAX, ClassifyCall
+from .routes import DOMAIN_MAX_CHARS, RAW_TYPES, TOP_K_DEFAULT, TOP_K_MAX, ClassifyCall
 
 PATH = "/classify"
-DEFAULT_TOP_K = 5
-MAX_DOMAIN_CHARS = 64
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -35,9 +33,9 @@ def plain_params(query_string: bytes) -> tuple[str, int] | None:
     params = dict(pairs)
     if len(params) != len(pairs):  # a repeated name: FastAPI's rule for it applies
         return None
-    domain, top_k = params.get("domain", ""), params.get("top_k", str(DEFAULT_TOP_K))
+    domain, top_k = params.get("domain", ""), params.get("top_k", str(TOP_K_DEFAULT))
     plain_int = top_k.isascii() and top_k.isdigit() and not top_k.startswith("0")
-    if not 1 <= len(domain) <= MAX_DOMAIN_CHARS or not plain_int or int(top_k) > TOP_K_MAX:
+    if not 1 <= len(domain) <= DOMAIN_MAX_CHARS or not plain_int or int(top_k) > TOP_K_MAX:
         return None
     return domain, int(top_k)
 

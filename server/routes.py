@@ -46,7 +46,8 @@ RAW_TYPES = (
     "application/octet-stream",
 )
 MULTIPART = "multipart/form-data"
-TOP_K_MAX = 1000
+# classify's parameters: the FastAPI route declares them, the fast path reads the same limits
+DOMAIN_MAX_CHARS, TOP_K_DEFAULT, TOP_K_MAX = 64, 5, 1000
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
 }
@@ -177,8 +178,12 @@ async def read_images(
 
 async def classify_call(
     request: Request,
-    domain: Annotated[str, Query(min_length=1, max_length=64, description="see /domains")],
-    top_k: Annotated[int, Query(ge=1, le=TOP_K_MAX, description="how many classes to return")] = 5,
+    domain: Annotated[
+        str, Query(min_length=1, max_length=DOMAIN_MAX_CHARS, description="see /domains")
+    ],
+    top_k: Annotated[
+        int, Query(ge=1, le=TOP_K_MAX, description="how many classes to return")
+    ] = TOP_K_DEFAULT,
 ) -> ClassifyCall:
     return ClassifyCall.checked(request.app.state, domain, top_k)
 
