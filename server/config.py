@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="intra-op threads of the runtime (default: ONNX Runtime every core but one, "
-        "left to the event loop; torch its own default, every core)",
+        description="intra-op threads of the runtime (default: ONNX Runtime and OpenVINO every "
+        "core but one, left to the event loop; torch its own default, every core)",
     )
     runtime: Runtime = Field(
         "auto",
