@@ -63,6 +63,7 @@ _LAZY = {
     "make_session": "onnx_runtime",
     "mixed_key": "onnx_runtime",
     "OpenVinoGraphs": "openvino_runtime",
+    "records_for_new_graphs": "graphs",
     "compile_graph": "openvino_runtime",
     "domain_filters": "slicing",
     "domain_view": "slicing",
@@ -87,6 +88,7 @@ if TYPE_CHECKING:
         single_domain_parameters,
     )
     from .filter_map import filter_map
+    from .graphs import records_for_new_graphs
     from .layers import DomainBatchNorm
     from .network import ARCH_BUILDERS, MultiDomainResNet, build_model, resnet26_decathlon
     from .onnx_runtime import (
@@ -159,6 +161,7 @@ __all__ = [
     "publish_version",
     "read_artifact",
     "read_manifest",
+    "records_for_new_graphs",
     "resize_shorter",
     "resnet26_decathlon",
     "set_current",

@@ -21,6 +21,7 @@ import io
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -133,6 +134,12 @@ def add_graphs(folder: Path) -> Manifest:
 GRAPH_RECORDS = ("int8", "bf16")  # manifest.training entries measured on a version's graphs
 
 
+def records_for_new_graphs(training: dict[str, Any]) -> dict[str, Any]:
+    """A version's `manifest.training` without what was measured on its graphs (int8 graphs'
+    and bf16 accuracy): a version published with fresh graphs must measure those again."""
+    return {k: v for k, v in training.items() if k not in GRAPH_RECORDS}
+
+
 def recompile_version(store: Path, name: str, version: str | None = None) -> Manifest:
     """Publish a new version with `version`'s weights, masks and records and graphs exported by
     this code, so an export improvement reaches a stored model without retraining; the old
@@ -149,7 +156,7 @@ def recompile_version(store: Path, name: str, version: str | None = None) -> Man
     fresh = replace(
         manifest,
         files={},
-        training={k: v for k, v in manifest.training.items() if k not in GRAPH_RECORDS},
+        training=records_for_new_graphs(manifest.training),
         provenance={**manifest.provenance, "graphs_recompiled_from": manifest.version},
     )
     publish_version(store, model, fresh, make_current=False, graphs=True, extra_files=carried)

@@ -115,11 +115,13 @@ def load_runtime(
 
 
 def _openvino(folder: Path, manifest: Manifest, threads: int, precision: str) -> Runtime:
-    """OpenVINO on the version's graphs; bf16 only once its accuracy is on record."""
-    if precision != "fp32" and precision not in manifest.training:
+    """OpenVINO on the version's graphs; bf16 only once each domain's accuracy is on record."""
+    measured = manifest.training.get(precision, {}).get("domains", {})
+    if precision != "fp32" and set(measured) != set(manifest.spec.domain_names):
         raise ArtifactError(
-            f"{folder}: no measured {precision} accuracy in the manifest; measure it on the test "
-            f"sets first: `python -m training measure-{precision} --version {manifest.version}`"
+            f"{folder}: no measured {precision} accuracy for every domain in the manifest; "
+            f"measure it on the test sets first: "
+            f"`python -m training measure-{precision} --version {manifest.version}`"
         )
     try:
         from model_store import OpenVinoGraphs

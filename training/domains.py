@@ -33,6 +33,7 @@ from model_store import (
     filter_costs,
     load_version,
     publish_version,
+    records_for_new_graphs,
     slice_network,
     version_path,
 )
@@ -276,7 +277,7 @@ def add_domain(
         domains={**manifest.domains, data.name: metrics[data.name]},
         totals=model_totals(model),
         training={
-            **manifest.training,
+            **records_for_new_graphs(manifest.training),  # its graphs are new
             "add_domain": {
                 "from": manifest.version,
                 "domain": entry,
@@ -316,7 +317,7 @@ def remove_domain(store: Path, name: str, domain: str, from_version: str | None 
         domains={n: m for n, m in manifest.domains.items() if n != domain},
         totals=model_totals(new),
         training={
-            **manifest.training,
+            **records_for_new_graphs(manifest.training),  # its graphs are new
             "remove_domain": {
                 "from": manifest.version,
                 "domain": domain,

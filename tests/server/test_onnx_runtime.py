@@ -178,7 +178,12 @@ async def test_bf16_is_served_once_measured_and_shows_its_accuracy(compiled_stor
     folder = version_path(compiled_store, "tiny")
     manifest = read_manifest(folder)
     domains = {d: {"accuracy_fp32": 0.9, "accuracy_bf16": 0.875} for d in DOMAINS}
-    manifest.training["bf16"] = {"runtime": "openvino test", "cpu": "test", "domains": domains}
+    partial = {d: domains[d] for d in DOMAINS[:-1]}  # one domain never measured
+    manifest.training["bf16"] = {"runtime": "openvino test", "cpu": "test", "domains": partial}
+    add_files(folder, manifest, {})
+    with pytest.raises(SystemExit, match="bf16 accuracy for every domain"):
+        load_model(settings_for(compiled_store, runtime="openvino", precision="bf16"))
+    manifest.training["bf16"]["domains"] = domains
     add_files(folder, manifest, {})
     app = create_app(settings_for(compiled_store, runtime="openvino", precision="bf16"))
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_store import load_version, publish_version
+from model_store import add_files, load_version, publish_version, read_manifest, version_path
 from server import create_app
 from tests.server.conftest import TOKEN, running, settings_for
 from tests.training.conftest import TINY_DOMAINS, tiny_config
@@ -66,6 +66,24 @@ def test_added_domain_leaves_every_old_tensor_and_output_bit_identical(
     record = manifest.training["add_domain"]
     assert record["from"] == "v1" and record["old_domains_bit_identical"] is True
     assert any(k.endswith("stripes.onnx") for k in manifest.files)  # graphs at publish
+
+
+def test_a_new_version_drops_what_was_measured_on_the_old_graphs(
+    published: Path, tmp_path: Path
+) -> None:
+    """int8 and bf16 accuracy belong to the graphs they were measured on; add- and
+    remove-domain publish fresh graphs, so those records must not come along."""
+    store = _copy(published, tmp_path)
+    folder = version_path(store, "tiny", "v1")
+    manifest = read_manifest(folder)
+    measured = {d: {"accuracy_bf16": 0.5} for d in manifest.spec.domain_names}
+    manifest.training |= {"bf16": {"domains": measured}, "int8": {"domains": measured}}
+    add_files(folder, manifest, {})
+    removed = remove_domain(store, "tiny", "shapes")
+    added = add_domain(store, "tiny", dict(NEW), budget=0.5, settings=QUICK, from_version="v1")
+    for new in (removed, added):
+        assert not {"bf16", "int8"} & set(new.training), new.version
+        assert "config" in new.training  # the rest of the record is carried
 
 
 def test_an_existing_name_is_refused_before_training(published: Path, tmp_path: Path) -> None:
