@@ -184,7 +184,11 @@ def test_every_mounted_file_exists_and_named_volumes_are_declared(compose, servi
             else:
                 used.add(source)
     assert used == set(compose["volumes"])
-    assert (COMPOSE.parent / services["server"]["build"] / "Dockerfile").is_file()
+    build = services["server"]["build"]
+    assert (COMPOSE.parent / build["context"] / "Dockerfile").is_file()
+    # the one build argument compose passes is one the Dockerfile declares, empty by default
+    assert set(build["args"]) == {"BAP_EXTRAS"} and interpolate(build["args"]["BAP_EXTRAS"]) == ""
+    assert re.search(r"^ARG BAP_EXTRAS=", dockerfile_text(), re.M)
 
 
 def test_prometheus_reads_the_repo_config_and_rules(services) -> None:
