@@ -67,9 +67,12 @@ class ModelCollector(Collector):
         if (value := m.totals.get("baseline_macs")) is not None:
             baseline.add_metric(["single_domain"], value)
         info = GaugeMetricFamily(
-            "bap_model_info", "The served version (value 1)", labels=["name", "version", "budget"]
+            "bap_model_info",
+            "The served version and how it runs (value 1)",
+            labels=["name", "version", "budget", "runtime", "precision"],
         )
-        info.add_metric([m.name, m.version, f"{m.budget:g}"], 1)
+        runtime = served.runtime
+        info.add_metric([m.name, m.version, f"{m.budget:g}", runtime.name, runtime.precision], 1)
         load = GaugeMetricFamily("bap_model_load_seconds", "Load + verify + warm-up time")
         load.add_metric([], served.load_seconds)
         yield from (params, macs, model, baseline, info, load)

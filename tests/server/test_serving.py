@@ -126,5 +126,6 @@ async def test_metrics_move_as_requests_flow(store: Path) -> None:
     for scope, value in [("pruned", 1234), ("single_domain", 2000), ("independent", 6000)]:
         assert metric(after, "bap_model_parameters", scope=scope) == value
     assert metric(after, "bap_model_macs", scope="single_domain") == 9000
-    assert metric(after, "bap_model_info", name="tiny", version="v1", budget="0.5") == 1
+    info = {"name": "tiny", "version": "v1", "budget": "0.5"}
+    assert metric(after, "bap_model_info", **info, runtime="torch", precision="fp32") == 1
     assert metric(after, "bap_model_load_seconds") > 0
