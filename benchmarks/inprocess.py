@@ -20,8 +20,15 @@ from .common import time_calls
 
 
 class InProcess:
-    def __init__(self, store: Path, name: str, runtime: str = "auto", threads: int | None = None):
-        self.served = setup(store, name, runtime, threads)
+    def __init__(
+        self,
+        store: Path,
+        name: str,
+        runtime: str = "auto",
+        threads: int | None = None,
+        precision: str = "fp32",
+    ):
+        self.served = setup(store, name, runtime, threads, precision)
 
     def decode(self, domain: str, image: bytes) -> np.ndarray:
         return decode(self.served, domain, image, 10**8)

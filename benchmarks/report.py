@@ -305,6 +305,9 @@ def _http_ratios(f: dict[str, Any]) -> dict[str, float]:
         ceiling = f["inprocess_ceiling"]["images_per_s"]
         out |= {"ceiling": ceiling, "ceiling_over_body": ceiling / body}
         out["ours_over_ceiling_hi"] = rate["ours", hi] / ceiling
+    out["variant_ceilings_over_body"] = {
+        app: c["images_per_s"] / body for app, c in f.get("variant_ceilings", {}).items()
+    }
     return out
 
 
@@ -342,7 +345,19 @@ def _ceiling_line(f: dict[str, Any], x: dict[str, float]) -> str:
         f"({c['model_images_per_s']:.0f} for the model alone), "
         f"{x['ceiling_over_body']:.2f} of the body-only route at {x['hi']} clients; "
         f"our server reaches {x['ours_over_ceiling_hi']:.2f} of that ceiling."
+        + "".join(
+            f" {app}: {c['images_per_s']:.0f} images/s in-process, the server "
+            f"{rate / c['images_per_s']:.2f} of it."
+            for app, c in f.get("variant_ceilings", {}).items()
+            if (rate := _rate(f, app, x["hi"])) is not None
+        )
     )
+
+
+def _rate(f: dict[str, Any], app: str, clients: int) -> float | None:
+    """req/s of one app at one client count in an http run (None if it was not measured)."""
+    rows = [r for r in f["rows"] if r["app"] == app and r["clients"] == clients]
+    return rows[0]["req_per_s"] if rows else None
 
 
 def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
@@ -463,6 +478,16 @@ def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
                 [
                     "(bound) in-process decode + forward, fp32, ÷ body-only route",
                     f"{x['ceiling_over_body']:.2f}",
+                    "no server exceeds it",
+                    "",
+                ]
+            )
+        for app, ratio in x["variant_ceilings_over_body"].items():
+            out.append(
+                [
+                    f"(bound) in-process decode + forward, {app.removeprefix('ours, ')}, "
+                    "÷ body-only route",
+                    f"{ratio:.2f}",
                     "no server exceeds it",
                     "",
                 ]

@@ -94,6 +94,10 @@ def test_http_suite(tmp_path: Path) -> None:
     assert results["http"]["figures"]["runtime"] == "onnx"  # the bundled model has its graphs
     assert "ours ÷ plain FastAPI" in text and "in-process decode + forward" in text
     assert "ours, int8 (opt-in) ÷ body-only" in text and "Ceiling: in-process" in text
+    # each opt-in runtime's own in-process ceiling, the bound its server row is read against
+    assert set(figures["variant_ceilings"]) == set(measured)
+    assert all(c["images_per_s"] > 0 for c in figures["variant_ceilings"].values())
+    assert "(bound) in-process decode + forward, int8, ÷ body-only route" in text
 
 
 def test_wrk_report_is_parsed() -> None:
