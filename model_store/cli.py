@@ -136,14 +136,14 @@ def cmd_seed(store: Path, name: str, args: argparse.Namespace) -> str:
         raise ArtifactError(f"--from {args.source} is the store itself")
     if not list_versions(args.source, name):
         raise ArtifactError(f"{args.source / name}: no versions to seed from")
-    added, clashes = seed_versions(args.source, store, name)
-    note = (
-        f"; kept the store's {clashes}, which differ from {args.source}'s versions of that name"
-        if clashes
-        else ""
-    )
+    added, extended, clashes = seed_versions(args.source, store, name)
+    notes = ""
+    if extended:
+        notes += f"; added {args.source}'s new files and measurements to {extended}"
+    if clashes:
+        notes += f"; kept the store's {clashes}, which differ from {args.source}'s versions"
     current = current_version(store, name)
-    return f"{name}: seeded {added or 'nothing'} from {args.source}; CURRENT = {current}{note}"
+    return f"{name}: seeded {added or 'nothing'} from {args.source}; CURRENT = {current}{notes}"
 
 
 def cmd_export_graphs(store: Path, name: str, args: argparse.Namespace) -> str:

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,20 +134,29 @@ def publish_version(
     return manifest.version
 
 
-def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list[str]]:
+def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list[str], list[str]]:
     """Copy the versions of `name` that `store` lacks from `source` (a read-only store, such as
     the one baked into an image); point CURRENT at source's CURRENT only if `store` has none.
 
-    Never alters what the store holds: a version name it has already is kept even if its content
-    differs (returned as a clash). Each copy is SHA-256 verified in a hidden temp folder before it
-    is renamed into place, so a crash mid-copy leaves no half version. Returns (added, clashes)."""
+    A version the store has already is kept as it is, with one exception: if source's copy is
+    the store's plus new files and measurement records only (what `add_files` adds, e.g. int8
+    graphs or a bf16 accuracy record measured for a newer image), those are added, each file
+    SHA-256 checked. Any other difference is a clash: the store's version is kept. Each copy is
+    verified in a hidden temp folder before it is renamed into place, so a crash mid-copy leaves
+    no half version. Returns (added, extended, clashes)."""
     root = Path(store) / _check_name("model name", name)
     offered = list_versions(source, name)
-    added, clashes = [], []
+    added, extended, clashes = [], [], []
     for version in offered:
         origin = Path(source) / name / version
         if (root / version).exists():
-            if read_manifest(root / version).to_json() != read_manifest(origin).to_json():
+            held, offer = read_manifest(root / version), read_manifest(origin)
+            if held.to_json() == offer.to_json():
+                continue
+            if _only_adds(held, offer):
+                _extend(root / version, held, offer, origin)
+                extended.append(version)
+            else:
                 clashes.append(version)
             continue
         with _staging(root, ".seed-") as tmp:
@@ -163,7 +173,25 @@ def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list
     fsync_dir(root)
     if offered and not (root / CURRENT).exists():
         set_current(store, name, current_version(source, name))
-    return added, clashes
+    return added, extended, clashes
+
+
+def _only_adds(held: Manifest, offer: Manifest) -> bool:
+    """Whether `offer` is `held` plus files and `training` records, nothing changed or removed."""
+    rest = [replace(m, files={}, training={}).to_json() for m in (held, offer)]
+    kept_files = all(offer.files.get(k) == v for k, v in held.files.items())
+    kept_records = all(offer.training.get(k) == v for k, v in held.training.items())
+    return rest[0] == rest[1] and kept_files and kept_records
+
+
+def _extend(folder: Path, held: Manifest, offer: Manifest, origin: Path) -> None:
+    """Add offer's new files and records to the store's version (add_files: each file written
+    atomically, the manifest replaced last), then check the result is exactly offer's."""
+    new = {k: (origin / k).read_bytes() for k in offer.files if k not in held.files}
+    add_files(folder, replace(held, training=dict(offer.training)), new)
+    if read_manifest(folder).to_json() != offer.to_json():
+        raise ArtifactError(f"{folder}: extending it from {origin} gave different files")
+    verify_files(folder, offer)
 
 
 @contextmanager

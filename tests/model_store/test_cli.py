@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from model_store import build_model, current_version, list_versions, prune_to_union
+from model_store import (
+    add_files,
+    build_model,
+    current_version,
+    list_versions,
+    prune_to_union,
+    read_manifest,
+)
 from model_store.artifact import WEIGHTS
 from model_store.cli import main
 from model_store.versions import publish_version
@@ -96,6 +103,34 @@ def test_seed_copies_only_missing_versions_and_never_moves_current(
     code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
     assert code == 0 and "seeded ['v5']" in out and current_version(volume, "tiny") == "v2"
     assert not [p for p in (volume / "tiny").iterdir() if p.name.startswith(".")]
+
+
+def test_seed_adds_a_newer_images_files_and_measurements_to_a_version_it_holds(
+    store: Path, tmp_path_factory: pytest.TempPathFactory, capsys
+) -> None:
+    """A newer image measured more of the same version (int8 graphs, bf16 accuracy): the
+    volume's copy gains exactly that; a version the volume changed itself stays a clash."""
+    volume = tmp_path_factory.mktemp("volume")
+    cli(volume, "seed", "--from", str(store), capsys=capsys)
+    image_v2 = store / "tiny" / "v2"
+    offer = read_manifest(image_v2)
+    offer.training["bf16"] = {"domains": {"d": {"accuracy_bf16": 0.5}}}
+    add_files(image_v2, offer, {"graphs/extra.bin": b"measured later"})
+    mine = read_manifest(volume / "tiny" / "v3")  # the operator measured something on v3
+    mine.training["note"] = "the volume's own"
+    add_files(volume / "tiny" / "v3", mine, {})
+    store_v3 = read_manifest(store / "tiny" / "v3")
+    store_v3.training["note"] = "the image's"
+    add_files(store / "tiny" / "v3", store_v3, {})
+    code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
+    assert code == 0 and "new files and measurements to ['v2']" in out
+    assert "kept the store's ['v3']" in out
+    assert read_manifest(volume / "tiny" / "v2").to_json() == read_manifest(image_v2).to_json()
+    assert (volume / "tiny" / "v2" / "graphs" / "extra.bin").read_bytes() == b"measured later"
+    assert cli(volume, "verify", "v2", capsys=capsys)[0] == 0
+    assert read_manifest(volume / "tiny" / "v3").training["note"] == "the volume's own"
+    code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
+    assert code == 0 and "seeded nothing" in out and "new files" not in out  # nothing more
 
 
 def test_seed_reports_a_clash_and_refuses_a_corrupt_source(
