@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import openvino as ov
+from torch import Tensor
 
 from model_store import (
     Manifest,
@@ -28,7 +29,7 @@ from model_store import (
 )
 
 from .config import TrainConfig
-from .quantize import test_accuracy
+from .evaluate import split_accuracy
 from .sources import load_domain
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _logits(request: ov.InferRequest) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x: request.infer({"x": x})[0]
+def _logits(request: ov.InferRequest) -> Callable[[Tensor], np.ndarray]:
+    return lambda x: request.infer({"x": x.numpy()})[0]
 
 
 def measure_bf16(store: Path, name: str, version: str | None = None) -> Manifest:
@@ -68,7 +69,9 @@ def measure_bf16(store: Path, name: str, version: str | None = None) -> Manifest
         accuracy = {}
         for precision in ("fp32", "bf16"):
             request = compile_graph(core, graph, None, precision).create_infer_request()
-            accuracy[f"accuracy_{precision}"] = round(test_accuracy(_logits(request), data, pre), 6)
+            accuracy[f"accuracy_{precision}"] = round(
+                split_accuracy(_logits(request), data, pre), 6
+            )
         record["domains"][data.name] = accuracy
         log.info("bf16 domain=%s %s", data.name, accuracy)
     manifest.training["bf16"] = record

@@ -6,13 +6,17 @@ as serving. Every cost figure comes from `model_store.cost`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from model_store import (
     DomainMetrics,
     MultiDomainResNet,
+    Preprocess,
     baseline_cost,
     cost_fraction,
     domain_cost,
@@ -31,11 +35,21 @@ def accuracy(model: MultiDomainResNet, data: DomainData, batch_size: int = 256) 
     pre = model.spec.domains[index].preprocess
     was_training = model.training
     model.eval()
+    result = split_accuracy(lambda x: model(x, index), data, pre, batch_size)
+    model.train(was_training)
+    return result
+
+
+def split_accuracy(
+    run: Callable[[Tensor], Any], data: DomainData, pre: Preprocess, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of `run` (a test batch -> its logits, torch or numpy) on `data`'s test
+    split, cut as serving cuts it: the torch network, its compiled graphs and their int8 or bf16
+    runs are all measured by this one loop."""
     correct = total = 0
     for x, y in eval_batches(data, pre, batch_size):
-        correct += int((model(x, index).argmax(1) == y).sum())
+        correct += int((np.asarray(run(x)).argmax(1) == y.numpy()).sum())
         total += len(y)
-    model.train(was_training)
     return correct / max(total, 1)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,8 @@ from model_store import (
 )
 
 from .config import TrainConfig
-from .data import DomainData, centre_crops, eval_batches
+from .data import DomainData, centre_crops
+from .evaluate import split_accuracy
 from .sources import load_domain
 
 log = logging.getLogger(__name__)
@@ -69,18 +69,9 @@ def _quantize(source: Path, feeds: list[dict[str, np.ndarray]], tmp: Path) -> by
     return out.read_bytes()
 
 
-def test_accuracy(run: Callable[[np.ndarray], np.ndarray], data: DomainData, pre: Any) -> float:
-    """Accuracy of `run` (images -> logits) on the domain's whole test split, cut as evaluation
-    and serving cut it."""
-    right = 0
-    for x, y in eval_batches(data, pre, 256):
-        right += int((run(x.numpy()).argmax(1) == y.numpy()).sum())
-    return right / len(data.test)
-
-
 def _accuracy(graph: str | bytes, data: DomainData, pre: Any) -> float:
     session = make_session(graph)
-    return test_accuracy(lambda x: session.run(None, {"x": x})[0], data, pre)
+    return split_accuracy(lambda x: session.run(None, {"x": x.numpy()})[0], data, pre)
 
 
 def quantize_version(
