@@ -305,8 +305,10 @@ def _http_ratios(f: dict[str, Any]) -> dict[str, float]:
         ceiling = f["inprocess_ceiling"]["images_per_s"]
         out |= {"ceiling": ceiling, "ceiling_over_body": ceiling / body}
         out["ours_over_ceiling_hi"] = rate["ours", hi] / ceiling
-    out["variant_ceilings_over_body"] = {
-        app: c["images_per_s"] / body for app, c in f.get("variant_ceilings", {}).items()
+    ceilings = {app: c["images_per_s"] for app, c in f.get("variant_ceilings", {}).items()}
+    out["variant_ceilings_over_body"] = {app: c / body for app, c in ceilings.items()}
+    out["variants_over_ceiling_hi"] = {
+        app: rate[app, hi] / c for app, c in ceilings.items() if (app, hi) in rate
     }
     return out
 
@@ -346,18 +348,11 @@ def _ceiling_line(f: dict[str, Any], x: dict[str, float]) -> str:
         f"{x['ceiling_over_body']:.2f} of the body-only route at {x['hi']} clients; "
         f"our server reaches {x['ours_over_ceiling_hi']:.2f} of that ceiling."
         + "".join(
-            f" {app}: {c['images_per_s']:.0f} images/s in-process, the server "
-            f"{rate / c['images_per_s']:.2f} of it."
-            for app, c in f.get("variant_ceilings", {}).items()
-            if (rate := _rate(f, app, x["hi"])) is not None
+            f" {app}: {f['variant_ceilings'][app]['images_per_s']:.0f} images/s in-process, "
+            f"the server {share:.2f} of it."
+            for app, share in x["variants_over_ceiling_hi"].items()
         )
     )
-
-
-def _rate(f: dict[str, Any], app: str, clients: int) -> float | None:
-    """req/s of one app at one client count in an http run (None if it was not measured)."""
-    rows = [r for r in f["rows"] if r["app"] == app and r["clients"] == clients]
-    return rows[0]["req_per_s"] if rows else None
 
 
 def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
