@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from model_store import ArtifactError
 
+from .allocator import return_large_frees
 from .app import create_app
 from .config import Settings
 from .runner import Served, load_served
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if return_large_frees():
+        log.debug("glibc returns freed buffers over 1 MiB to the OS")
     served = load_model(settings)
     uvicorn.run(
         create_app(settings, preloaded=served),
