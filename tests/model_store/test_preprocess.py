@@ -16,6 +16,7 @@ from model_store import (
     normalize,
     preprocess_bytes,
 )
+from model_store.preprocess import to_rgb
 from tests.conftest import TINY_PRE, png_header
 
 
@@ -48,6 +49,21 @@ def test_sixteen_bit_white_stays_white_and_alpha_goes_on_white() -> None:
     assert np.asarray(white16).min() == 255
     clear = decode_image(_encode(Image.new("RGBA", (4, 4), (0, 0, 0, 0))), 100)
     assert np.asarray(clear).min() == 255
+
+
+def test_sixteen_bit_rescaling_keeps_its_values_for_every_level() -> None:
+    """The in-place rescaling gives every 16-bit level the grey of the expression it replaced
+    (arr / 65535 * 255 + 0.5, clipped, truncated)."""
+    levels = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    grey = np.asarray(decode_image(_encode(Image.fromarray(levels)), 70_000))[..., 0]
+    expected = np.clip(levels / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(grey, expected)
+
+
+def test_an_rgb_image_is_not_copied() -> None:
+    """A 40 MP photo is 160 MB: each needless full copy adds that to the decode's peak."""
+    img = Image.new("RGB", (8, 6))
+    assert to_rgb(img) is img
 
 
 def test_exif_orientation_is_applied() -> None:
