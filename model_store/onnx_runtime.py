@@ -2,7 +2,9 @@
 
 The sessions are built from the verified files of the version folder; each session runs
 with `threads` intra-op threads (None: ONNX Runtime's default, one per core) and sequential
-execution, since the server runs one batch at a time. Their idle threads sleep instead of
+execution of its nodes. A session may run several batches at once, one per calling thread (ONNX
+Runtime's Run is thread-safe): with one intra-op thread a batch runs on its caller, so the server
+runs one batch per core (`parallel_batches`). Their idle threads sleep instead of
 spinning: a version has one session per domain plus the mixed one, each with its own pool, and
 a pool left spinning after its batch takes the cores from the session that runs next. Measured
 on the 2-core AMD EPYC, 64 px width 1 batch 32, five sessions run in turn: the full network took
@@ -11,6 +13,7 @@ on the 2-core AMD EPYC, 64 px width 1 batch 32, five sessions run in turn: the f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +99,8 @@ class OnnxGraphs:
     ):
         keys = graph_keys(folder, manifest, precision)
         self.precision = precision
+        cores = len(os.sched_getaffinity(0))
+        self.parallel_batches = max(1, cores // (threads or cores))
         self.mixed = make_session(str(Path(folder) / keys.pop(MIXED)), threads)
         self.domains = {n: make_session(str(Path(folder) / k), threads) for n, k in keys.items()}
         self.columns = column_slices(manifest)

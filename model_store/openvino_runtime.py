@@ -10,8 +10,8 @@ record exists. bf16 needs a CPU with native bf16 (avx512_bf16 or AMX): elsewhere
 quietly compute in f32, so this module refuses instead.
 
 One compiled model and one infer request per graph: the server runs one batch at a time on one
-inference thread. Reading the ONNX files calls no telemetry (only OpenVINO's converter tools
-send any).
+inference thread (`parallel_batches` 1). Reading the ONNX files calls no telemetry (only
+OpenVINO's converter tools send any).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class OpenVinoGraphs:
             ).create_infer_request()
 
         self.precision = precision
+        self.parallel_batches = 1  # one infer request per graph: two batches would share it
         self.mixed = request(keys.pop(MIXED))
         self.domains = {n: request(k) for n, k in keys.items()}
         self.columns = column_slices(manifest)

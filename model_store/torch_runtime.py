@@ -25,6 +25,7 @@ class TorchRuntime:
 
     name = "torch"
     precision = "fp32"
+    parallel_batches = 1  # torch's own intra-op pool already spans the cores
 
     def __init__(self, model: MultiDomainResNet, threads: int | None = None):
         self.model = _channels_last(model)

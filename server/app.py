@@ -3,7 +3,7 @@
 Start-up: load CURRENT and warm every domain, start the batcher, and only then answer /readyz.
 SIGHUP reloads like POST /admin/reload. Shutdown: uvicorn stops accepting connections and waits
 for in-flight requests (their images are still batched); then the batcher runs whatever is left
-and stops, and the inference thread exits.
+and stops, and the inference threads exit.
 """
 
 from __future__ import annotations
@@ -80,7 +80,14 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bap-inference")
+        if preloaded is not None:
+            await holder.adopt(first := preloaded)
+        else:
+            _, first = await holder.reload()
+        # as many inference threads as the first version's runtime runs batches at once; a
+        # later version keeps them (a torch one, under `auto`, then runs that many at once too)
+        workers = first.runtime.parallel_batches
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bap-inference")
         batcher = Batcher(
             predict,
             executor,
@@ -90,16 +97,18 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
             policy=settings.batching,
             auto_domain_batch=settings.auto_domain_batch,
             observer=metrics,
+            workers=workers,
         )
         try:
-            if preloaded is not None:
-                await holder.adopt(preloaded)
-            else:
-                await holder.reload()
             batcher.start()
             app.state.batcher = batcher
             app.state.decode_slots = anyio.CapacityLimiter(settings.decode_concurrency)
-            log.info("ready model=%s batching=%s", settings.model, settings.batching)
+            log.info(
+                "ready model=%s batching=%s parallel_batches=%d",
+                settings.model,
+                settings.batching,
+                workers,
+            )
             with _reload_on_sighup(holder):
                 yield
         finally:

@@ -2,7 +2,9 @@
 
 Knows nothing of images or models. An item is an opaque payload with a domain name and a lane;
 `run` (called in the inference executor, off the event loop) gets one Batch and returns one
-result per item, in order. A lane is one loaded model version: items of different lanes never
+result per item, in order. Up to `workers` batches run at once, each in its own executor thread;
+the next batch forms only when one of them is free, so items queue (and batches grow) only
+while every worker is busy. A lane is one loaded model version: items of different lanes never
 share a batch, so a reload never mixes versions and in-flight items finish on the version that
 accepted them.
 
@@ -83,7 +85,8 @@ class _Item:
 
 
 class Batcher:
-    """Collects submitted items into batches and runs them one at a time in `executor`."""
+    """Collects submitted items into batches and runs up to `workers` at once in `executor`
+    (which needs that many threads)."""
 
     def __init__(
         self,
@@ -96,9 +99,13 @@ class Batcher:
         policy: str = "auto",
         auto_domain_batch: int | None = None,
         observer: BatchObserver | None = None,
+        workers: int = 1,
     ):
         if policy not in POLICIES:
             raise ValueError(f"batching policy must be one of {POLICIES}, got {policy!r}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.workers = workers
         self._run, self._executor, self._observer = run, executor, observer
         self.max_batch_size, self.max_delay_s, self.max_queue = (
             max_batch_size,
@@ -160,11 +167,24 @@ class Batcher:
 
     async def _loop(self) -> None:
         items: list[_Item] = []
+        free = asyncio.Semaphore(self.workers)
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            free.release()
+
         try:
-            while (batch := await self._next_batch()) is not None:
+            while True:
+                await free.acquire()  # a batch forms only once a worker can take it
+                if (batch := await self._next_batch()) is None:
+                    break
                 path, items = batch
-                await self._execute(path, items)
+                task = asyncio.get_running_loop().create_task(self._execute(path, items))
+                running.add(task)
+                task.add_done_callback(finished)
                 items = []
+            await asyncio.gather(*running)  # close(): what already runs finishes
         except Exception as exc:  # a bug in batching itself: fail loudly, never hang
             log.exception("batching loop died")
             self.failure = exc

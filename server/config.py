@@ -43,9 +43,9 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         le=10_000,
-        description="how long the oldest queued image may wait for others while the worker is "
-        "idle; 0: a batch starts as soon as the worker is free, holding every image that "
-        "arrived while the previous batch ran (batches form under load, none waits at 1 client)",
+        description="how long the oldest queued image may wait for others while an inference "
+        "worker is idle; 0: a batch starts as soon as a worker is free, holding every image that "
+        "arrived while every worker was busy (batches form under load, none waits at 1 client)",
     )
     max_queue: int = Field(64, ge=1, description="queued images per domain before 503")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="request body limit (413)")
@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="intra-op threads of the runtime (default: ONNX Runtime and OpenVINO every "
-        "core but one, left to the event loop; torch its own default, every core)",
+        description="intra-op threads of the runtime (default: ONNX Runtime 1, with one batch "
+        "per core running at once (cores // this many at once when set); OpenVINO every core but "
+        "one, left to the event loop; torch its own default, every core)",
     )
     runtime: Runtime = Field(
         "auto",

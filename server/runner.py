@@ -47,10 +47,11 @@ class ServedSettings(Protocol):
 
 
 class Runtime(Protocol):
-    """What runs the batches: model_store's OnnxGraphs or TorchRuntime."""
+    """What runs the batches: model_store's OnnxGraphs, OpenVinoGraphs or TorchRuntime."""
 
     name: str
     precision: str
+    parallel_batches: int  # batches it runs well at once, each on its own calling thread
 
     def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray: ...
 
@@ -75,10 +76,17 @@ class Served:
         return self.manifest.version
 
 
-def default_threads() -> int:
-    """The compiled runtimes' default intra-op threads in the server: every core but one, which
-    stays with the event loop (HTTP, decoding, replies). Measured on this 2-core box (bundled model,
-    wrk, 32 clients): 1 thread 2,134-2,182 req/s against 1,671-1,739 with 2, equal at 1 client."""
+def default_threads(runtime: str) -> int:
+    """The compiled runtimes' default intra-op threads in the server. ONNX Runtime: 1, and as
+    many batches at once as there are cores (OnnxGraphs.parallel_batches), so a batch runs on its
+    calling thread and the cores go to whichever of the event loop and the batches needs them.
+    2-core AMD EPYC, bundled model, wrk, 32 clients: 1,451-1,574 req/s against 1,134 for one
+    batch at a time on 1 thread and 1,737-1,843 on 2 threads, which at 1 client fell to 642-665
+    from 750-781 (unchanged with two batches at once). OpenVINO (one infer request per graph, so
+    one batch at a time): every core but one, which stays with the event loop; 2 threads were
+    slower there (3,534 against 4,105 req/s in bf16)."""
+    if runtime == "onnx":
+        return 1
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
@@ -91,7 +99,8 @@ def load_runtime(
     manifest = read_manifest(folder)
     if runtime == "openvino":
         verify_files(folder, manifest)
-        return manifest, _openvino(folder, manifest, threads or default_threads(), precision)
+        threads = threads or default_threads(runtime)
+        return manifest, _openvino(folder, manifest, threads, precision)
     onnx = runtime == "onnx" or (runtime == "auto" and MIXED_KEY in manifest.files)
     if precision != "fp32" and not onnx:
         raise ArtifactError(
@@ -102,7 +111,7 @@ def load_runtime(
         verify_files(folder, manifest)
         from model_store import OnnxGraphs
 
-        return manifest, OnnxGraphs(folder, manifest, threads or default_threads(), precision)
+        return manifest, OnnxGraphs(folder, manifest, threads or default_threads("onnx"), precision)
     try:
         from model_store import TorchRuntime, read_artifact
     except ImportError as exc:  # the server-only install (the Docker image) has no torch

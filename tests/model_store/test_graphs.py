@@ -4,6 +4,7 @@ the logits' range), and are verified like the weights."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,28 @@ def test_a_result_outlives_the_next_batch(version, runtime) -> None:
     kept = first.copy()
     graphs.run_domain(name, np.zeros((2, 3, 16, 16), np.float32))
     np.testing.assert_array_equal(first, kept)
+
+
+def test_onnx_batches_run_at_once_each_get_their_own_outputs(version) -> None:
+    """The server runs one batch per core at once on the same ONNX Runtime sessions (the other
+    runtimes run one at a time): each thread's batch gives the masked network's outputs for its
+    own images, on the domain and the mixed graphs alike."""
+    masked, folder, manifest = version
+    graphs, names = OnnxGraphs(folder, manifest, threads=1), manifest.spec.domain_names
+    jobs = [(i % len(names), torch.randn(2 + i % 5, 3, 16, 16)) for i in range(24)]
+
+    def run(job: tuple[int, torch.Tensor]) -> tuple[np.ndarray, list[np.ndarray]]:
+        d, x = job
+        order = np.full(len(x), d, dtype=np.int64)
+        return graphs.run_domain(names[d], x.numpy()), graphs.run_mixed(order, x.numpy())
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, jobs))
+    for (d, x), (own, mixed) in zip(jobs, results, strict=True):
+        with torch.no_grad():
+            expected = masked(x, d).numpy()
+        _close(own, expected, TOLERANCE)
+        _close(np.stack(mixed), expected, TOLERANCE)
 
 
 @pytest.mark.parametrize("order", [[0, 1, 2, 1, 0], [2], [1, 1, 2, 0, 2, 2, 0]])

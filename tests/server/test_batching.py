@@ -7,10 +7,12 @@ close(); nothing depends on timing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from server.batching import Batch, Batcher, BatcherClosed, QueueFull
 
 pytestmark = pytest.mark.anyio
 NEVER = 3600.0  # seconds: a deadline no test reaches
+CAP_SECONDS = 60.0  # a wait that only a broken batcher reaches
 
 
 class Recorder:
@@ -38,7 +41,7 @@ class Recorder:
 @asynccontextmanager
 async def batcher(run: Any, **kwargs: Any) -> AsyncIterator[Batcher]:
     options = {"max_batch_size": 4, "max_delay_s": NEVER, "max_queue": 16} | kwargs
-    with ThreadPoolExecutor(1) as executor:
+    with ThreadPoolExecutor(options.get("workers", 1)) as executor:
         b = Batcher(run, executor, **options)
         b.start()
         try:
@@ -165,27 +168,56 @@ async def test_unknown_policy_is_refused() -> None:
 
 
 class Gate(Recorder):
-    """A model whose first batch blocks until released: what a busy worker looks like."""
+    """A model whose first `held` batches block until released: what busy workers look like."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: int = 1) -> None:
         super().__init__()
-        self.started, self.release = threading.Event(), threading.Event()
+        self.held, self.calls = held, itertools.count()
+        self.entered, self.release = threading.Semaphore(0), threading.Event()
 
     def __call__(self, batch: Batch) -> list[Any]:
-        if not self.batches:
-            self.started.set()
+        if next(self.calls) < self.held:
+            self.entered.release()
             self.release.wait()
         return super().__call__(batch)
+
+    async def running(self) -> None:
+        """Wait until one more held batch is inside the model (fail, not hang, if none comes)."""
+        wait = partial(self.entered.acquire, timeout=CAP_SECONDS)
+        assert await asyncio.get_running_loop().run_in_executor(None, wait), "no batch started"
 
 
 async def test_without_a_delay_an_idle_worker_runs_at_once_and_a_busy_one_batches() -> None:
     run = Gate()
     async with batcher(run, policy="auto", max_delay_s=0.0, max_batch_size=8) as b:
         first = asyncio.ensure_future(b.submit("v1", "a", 0))  # alone, idle worker: runs now
-        await asyncio.get_running_loop().run_in_executor(None, run.started.wait)
+        await run.running()
         later = [asyncio.ensure_future(b.submit("v1", "a", i)) for i in range(1, 6)]
         await asyncio.sleep(0)  # the five are queued while the first batch runs
         run.release.set()
         assert await first == ("a", 0)
         assert [await f for f in later] == [("a", i) for i in range(1, 6)]
     assert run.shapes() == [("domain", ["a"]), ("domain", ["a"] * 5)]
+
+
+async def test_two_workers_run_two_batches_at_once_and_the_next_forms_when_one_is_free() -> None:
+    run = Gate(held=2)
+    async with batcher(run, policy="auto", max_delay_s=0.0, max_batch_size=8, workers=2) as b:
+        first = asyncio.ensure_future(b.submit("v1", "a", 0))
+        try:
+            await run.running()
+            second = asyncio.ensure_future(b.submit("v1", "a", 1))  # a free worker: runs now
+            await run.running()  # inside the model while the first batch still is
+            later = [asyncio.ensure_future(b.submit("v1", "a", i)) for i in range(2, 6)]
+            await asyncio.sleep(0)  # queued while both workers are busy
+        finally:
+            run.release.set()
+        assert (await first, await second) == (("a", 0), ("a", 1))
+        assert [await f for f in later] == [("a", i) for i in range(2, 6)]
+    assert sorted(len(batch.payloads) for batch in run.batches) == [1, 1, 4]
+
+
+async def test_no_workers_is_refused() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        async with batcher(Recorder(), workers=0):
+            pass

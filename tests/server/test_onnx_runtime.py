@@ -3,7 +3,9 @@ the torch network."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,15 +47,18 @@ async def test_every_domain_and_a_mixed_batch_answer_like_torch(
             ready = (await client.get("/readyz")).json()
             assert (ready["runtime"], ready["precision"]) == (runtime, "fp32")
             assert (await client.get("/domains")).json()["runtime"] == runtime
-            for seed, domain in enumerate(DOMAINS * 2):
-                data = image_bytes(seed)
-                r = await client.post(
-                    f"/classify?domain={domain}&top_k=3",
-                    content=data,
-                    headers={"content-type": "image/png"},
-                )
+            # ONNX Runtime: one batch per core at once (its sessions run on 1 thread each)
+            cores = len(os.sched_getaffinity(0))
+            assert app.state.batcher.workers == (cores if runtime == "onnx" else 1)
+            requests = list(enumerate(DOMAINS * 8))
+            answers = await asyncio.gather(
+                *(client.post(f"/classify?domain={domain}&top_k=3", content=image_bytes(seed),
+                              headers={"content-type": "image/png"})
+                  for seed, domain in requests)
+            )  # fmt: skip
+            for (seed, domain), r in zip(requests, answers, strict=True):
                 assert r.status_code == 200, r.text
-                assert_matches(r.json(), reference.scores(domain, data))
+                assert_matches(r.json(), reference.scores(domain, image_bytes(seed)))
 
 
 def test_auto_takes_the_graphs_when_the_version_has_them(compiled_store: Path) -> None:
@@ -155,21 +160,24 @@ def test_the_store_commands_run_without_torch(compiled_store: Path, tmp_path: Pa
     assert "exit 1" in run.stdout and "SHA-256 does not match" in run.stderr
 
 
-def test_onnx_runtime_leaves_a_core_to_the_event_loop(
+def test_onnx_runtime_runs_one_thread_batches_one_per_core(
     compiled_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """By default every session gets every core but one; BAP_TORCH_THREADS overrides it."""
+    """By default every session runs on 1 thread and the server runs a batch per core at once;
+    BAP_TORCH_THREADS gives each batch more threads and so fewer batches at once."""
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
 
-    def threads(**settings) -> set[int]:
+    def threads_and_batches(**settings) -> tuple[set[int], int]:
         graphs = load_model(settings_for(compiled_store, runtime="onnx", **settings)).runtime
         sessions = [*graphs.domains.values(), graphs.mixed]
-        return {s.get_session_options().intra_op_num_threads for s in sessions}
+        threads = {s.get_session_options().intra_op_num_threads for s in sessions}
+        return threads, graphs.parallel_batches
 
-    assert threads() == {3}
-    assert threads(torch_threads=2) == {2}
+    assert threads_and_batches() == ({1}, 4)
+    assert threads_and_batches(torch_threads=2) == ({2}, 2)
+    assert threads_and_batches(torch_threads=3) == ({3}, 1)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
-    assert threads() == {1}
+    assert threads_and_batches() == ({1}, 1)
 
 
 async def test_bf16_is_served_once_measured_and_shows_its_accuracy(compiled_store: Path) -> None:
