@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
         # as many inference threads as the first version's runtime runs batches at once; a
         # later version keeps them (a torch one, under `auto`, then runs that many at once too)
         workers = first.runtime.parallel_batches
+        metrics.inference_workers.set(workers)
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bap-inference")
         batcher = Batcher(
             predict,

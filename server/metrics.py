@@ -108,6 +108,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.inference_busy = Counter(
+            "bap_inference_busy_seconds",
+            "Seconds batches ran, each batch once; over bap_inference_workers: their utilization",
+            registry=r,
+        )
+        self.inference_workers = Gauge(
+            "bap_inference_workers", "Batches the server runs at once", registry=r
+        )
         self.batch_size = Histogram(
             "bap_batch_size",
             "Images of this domain in each batch it ran in",
@@ -158,6 +166,7 @@ class Metrics:
         self.queue_depth.labels(domain).inc(delta)
 
     def ran(self, batch: Batch, seconds: float) -> None:
+        self.inference_busy.inc(seconds)
         for domain, wait in zip(batch.domains, batch.waits, strict=True):
             self.queue_wait.labels(domain).observe(wait)
         for domain in set(batch.domains):

@@ -118,6 +118,8 @@ async def test_metrics_move_as_requests_flow(store: Path) -> None:
         assert delta("bap_batch_size_sum", domain=d) == 2
         assert metric(after, "bap_queue_depth", domain=d) == 0
     assert delta("bap_requests_total", domain="unknown", code="404") == 1
+    assert delta("bap_inference_busy_seconds_total") > 0
+    assert metric(after, "bap_inference_workers") == 1  # torch runs one batch at a time
     assert 'domain="zzz"' not in after  # client input never becomes a label
     assert metric(after, "bap_inflight_requests") == 0
     # What the model costs, read from the manifest of the served version.
