@@ -61,9 +61,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="intra-op threads of the runtime (default: ONNX Runtime 1, with one batch "
-        "per core running at once (cores // this many at once when set); OpenVINO every core but "
-        "one, left to the event loop; torch its own default, every core)",
+        description="threads of the runtime for one batch (default: ONNX Runtime 1, and it runs "
+        "cores // this many batches at once; OpenVINO every core but one, left to the event loop, "
+        "one batch at a time; torch its own default, every core)",
     )
     runtime: Runtime = Field(
         "auto",
