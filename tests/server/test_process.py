@@ -24,6 +24,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from benchmarks.common import rss_bytes
 from tests.server.conftest import (
     DOMAINS,
     MODEL,
@@ -288,11 +289,6 @@ async def test_hostile_request_over_tcp(shared: Server, case: str) -> None:
     assert r.json() == {"error": code, "detail": r.json()["detail"]}
 
 
-def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 async def test_large_images_memory_goes_back_to_the_os(store: Path, tmp_path: Path) -> None:
     """Decoded photos under the pixel limit are freed for good (server/allocator.py): with
@@ -303,12 +299,12 @@ async def test_large_images_memory_goes_back_to_the_os(store: Path, tmp_path: Pa
     with server_process(store, tmp_path, decode_concurrency=4) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=CAP_SECONDS) as client:
             await client.post("/classify", params={"domain": "dom0"}, content=big, headers=PNG)
-            before = rss_mib(server.proc.pid)
+            before = rss_bytes(server.proc.pid) / 2**20
             for _ in range(3):
                 responses = await asyncio.gather(
                     *(client.post("/classify", params={"domain": "dom0"}, content=big, headers=PNG)
                       for _ in range(8))
                 )  # fmt: skip
                 assert all(r.status_code == 200 for r in responses)
-            after = rss_mib(server.proc.pid)
+            after = rss_bytes(server.proc.pid) / 2**20
     assert after - before < 40, f"RSS {before:.0f} -> {after:.0f} MiB"
