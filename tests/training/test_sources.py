@@ -11,7 +11,6 @@ import logging
 import os
 import pickle
 import sys
-import types
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -274,7 +273,6 @@ def test_missing_packages_name_the_install_command(monkeypatch: pytest.MonkeyPat
     for key in ("textures", "lfw_faces"):
         with pytest.raises(SourceError, match="pip install scikit-image"):
             load_domain({"source": key, "name": key}, 36, 32)
-    monkeypatch.setitem(sys.modules, "elpv_dataset", None)
     with pytest.raises(SourceError, match="pip install elpv-dataset"):
         load_domain({"source": "elpv", "name": "cells"}, 36, 32)
 
@@ -384,23 +382,42 @@ def test_lfw_faces() -> None:
 # ---------------------------------------------------------------- ELPV (optional)
 
 
-def test_elpv_classes_from_defect_probability(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stand-in for the optional package, with its `load_dataset` return shapes."""
-    rng = np.random.default_rng(0)
-    probs = np.repeat([0.0, 1 / 3, 2 / 3, 1.0], 8)
-    cell_types = np.array(["mono", "poly"] * 16)
-    reader = types.ModuleType("elpv_dataset.utils.elpv_reader")
-    reader.load_dataset = lambda: (  # type: ignore[attr-defined]
-        rng.integers(0, 256, (32, 30, 30), dtype=np.uint8),
-        probs,
-        cell_types,
-    )
-    for module in ("elpv_dataset", "elpv_dataset.utils"):
-        monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
-    monkeypatch.setitem(sys.modules, "elpv_dataset.utils.elpv_reader", reader)
-    data = load_domain({"source": "elpv", "name": "cells", "cell_type": "mono"}, 20, 16)
-    assert data.labels == packaged.ELPV_LABELS
-    assert torch.bincount(data.train.targets).tolist() == [3, 3, 3, 3]
-    assert torch.bincount(data.test.targets).tolist() == [1, 1, 1, 1]
+needs_elpv = pytest.mark.skipif(
+    find_spec("elpv_dataset") is None, reason="pip install elpv-dataset==1.0.0.post1"
+)
+
+
+@needs_elpv
+def test_elpv_real_package_subset() -> None:
+    """The installed package, not a stand-in: only the chosen cells are decoded."""
+    entry = {"source": "elpv", "name": "cells", "cell_type": "mono"}
+    data = load_domain({**entry, "train_limit": 6, "test_limit": 3}, RESIZE, CROP)
+    check_shapes(data)
+    assert split_sizes(data) == (6, 3) and data.labels == packaged.ELPV_LABELS
     with pytest.raises(SourceError, match="cell_type"):
-        load_domain({"source": "elpv", "name": "cells", "cell_type": "thin"}, 20, 16)
+        load_domain({**entry, "cell_type": "thin"}, RESIZE, CROP)
+
+
+@needs_elpv
+def test_elpv_cells_agree_with_the_package_reader(tmp_path: Path) -> None:
+    """Our reading of the package's labels and images equals its own `load_dataset` on a sample
+    of rows (both cell types, every defect class), so subsets can be picked before decoding."""
+    from elpv_dataset.utils import load_dataset
+
+    paths, probs, cell_types = packaged.elpv_cells()
+    assert len(paths) == 2624 and set(cell_types) == {"mono", "poly"}
+    rows = [
+        int(np.flatnonzero(np.isclose(probs, p) & (cell_types == t))[0])
+        for p in (0, 1 / 3, 2 / 3, 1)
+        for t in ("mono", "poly")
+    ]
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in rows:
+        (tmp_path / "images" / paths[i].name).symlink_to(paths[i])
+        lines.append(f"images/{paths[i].name} {probs[i]} {cell_types[i]}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    images, real_probs, real_types = load_dataset(str(tmp_path / "labels.csv"))
+    assert np.array_equal(real_probs, probs[rows]) and list(real_types) == list(cell_types[rows])
+    decoded, ok = common.decode_arrays(images, RESIZE)
+    assert ok.all() and torch.equal(decoded, torch.stack([stored(paths[i]) for i in rows]))
