@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import sys
 from importlib.util import find_spec
 from pathlib import Path
@@ -150,6 +151,30 @@ def test_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "solo" / "train").mkdir(parents=True)
     with pytest.raises(SourceError, match="missing test/"):
         load_domain({"source": "folder", "name": "f", "root": str(tmp_path / "solo")}, 20, 16)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_folder_refuses_an_empty_class_folder(tmp_path: Path, split: bool) -> None:
+    """A class no image teaches would still be a label of the published model."""
+    train = tmp_path / "train" if split else tmp_path
+    class_tree(train, {"ant": 3, "bee": 3})
+    if split:
+        class_tree(tmp_path / "test", {"ant": 1, "bee": 1}, seed=50)
+    (train / "zebra").mkdir()
+    (train / "zebra" / ".DS_Store").write_bytes(b"hidden")
+    with pytest.raises(
+        SourceError, match=re.escape(f"{train / 'zebra'}: class folder holds no files")
+    ):
+        load_domain({"source": "folder", "name": "f", "root": str(tmp_path)}, RESIZE, CROP)
+
+
+def test_folder_refuses_a_class_without_one_readable_image(tmp_path: Path) -> None:
+    class_tree(tmp_path, {"ant": 3, "bee": 3})
+    (tmp_path / "zebra").mkdir()
+    for i in range(3):
+        (tmp_path / "zebra" / f"{i}.jpg").write_bytes(b"not an image")
+    with pytest.raises(SourceError, match="class 'zebra' has no readable training image"):
+        load_domain({"source": "folder", "name": "f", "root": str(tmp_path)}, RESIZE, CROP)
 
 
 def test_sketch_layout(tmp_path: Path) -> None:

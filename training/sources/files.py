@@ -30,7 +30,7 @@ def scan_class_folders(
     """Label names, files and targets of `root/<class>/...` (hidden entries ignored).
 
     Labels are the sorted sub-folder names, or the given `labels` (a test split must use its
-    training split's labels; an unknown class folder is an error).
+    training split's labels; an unknown class folder is an error, and so is an empty one).
     """
     if not root.is_dir():
         raise SourceError(f"{root} is not a folder of class sub-folders")
@@ -50,6 +50,8 @@ def scan_class_folders(
             for f in (sorted(folder.rglob("*")) if folder.is_dir() else [])
             if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)
         ]
+        if folder.is_dir() and not files:  # else a label no image teaches gets published
+            raise SourceError(f"{folder}: class folder holds no files; add images or remove it")
         paths += files
         targets += [index] * len(files)
     return names, paths, np.asarray(targets, dtype=np.int64)

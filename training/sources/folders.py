@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..data import DomainData
 from .common import Options, SourceError, make_domain, stratified_split
 from .files import decode_files, scan_class_folders
@@ -30,12 +32,15 @@ def folder(
         return _split_folders(name, base, opts)
     labels, paths, targets = scan_class_folders(base)
     train, test = stratified_split(targets, test_fraction, seed)
-    return make_domain(
-        name,
-        labels,
-        ([paths[i] for i in train], targets[train]),
-        ([paths[i] for i in test], targets[test]),
-        decode_files,
+    return _every_class_taught(
+        make_domain(
+            name,
+            labels,
+            ([paths[i] for i in train], targets[train]),
+            ([paths[i] for i in test], targets[test]),
+            decode_files,
+            opts,
+        ),
         opts,
     )
 
@@ -66,11 +71,27 @@ def _split_folders(name: str, base: Path, opts: Options) -> DomainData:
         raise SourceError(f"{base}: missing {' and '.join(missing)}/ (expected train/ and test/)")
     labels, train_paths, train_targets = scan_class_folders(base / "train")
     _, test_paths, test_targets = scan_class_folders(base / "test", labels)
-    return make_domain(
-        name,
-        labels,
-        (train_paths, train_targets),
-        (test_paths, test_targets),
-        decode_files,
+    return _every_class_taught(
+        make_domain(
+            name,
+            labels,
+            (train_paths, train_targets),
+            (test_paths, test_targets),
+            decode_files,
+            opts,
+        ),
         opts,
     )
+
+
+def _every_class_taught(data: DomainData, opts: Options) -> DomainData:
+    """Refuse a class folder whose files are all unreadable: its label would be published
+    untaught. Only checked on the whole training split (a `train_limit` subset may miss one)."""
+    if opts.train_limit is None:
+        taught = torch.bincount(data.train.targets, minlength=len(data.labels)).tolist()
+        if untaught := [label for label, n in zip(data.labels, taught, strict=True) if not n]:
+            raise SourceError(
+                f"{data.name}: class {untaught[0]!r} has no readable training image "
+                f"(classes without one: {', '.join(untaught)})"
+            )
+    return data
