@@ -21,7 +21,7 @@ bench: setup  ## benchmarks, results in docs/benchmarks.md
 	$(PY) -m benchmarks
 
 embedded: setup  ## retrain the bundled default model from the packaged real data
-	$(PY) -m training train --config training/presets/embedded.json --store model_store/bundled --name embedded
+	$(PY) -m training train --config training/presets/embedded.json --store model_store/bundled --name embedded --replace
 
 report: setup  ## docs/results.md and docs/accuracy_vs_budget.png
 	$(PY) -m training report

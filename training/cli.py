@@ -16,6 +16,7 @@ from typing import Any
 
 from model_store import (
     ArtifactError,
+    list_versions,
     load_version,
     read_artifact,
     single_domain_parameters,
@@ -59,10 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="pretrain, BAP-train, prune, evaluate and publish a version")
-    t.add_argument(
-        "--config", type=Path, help="JSON training config (defaults: synthetic smoke run)"
+    what = t.add_mutually_exclusive_group()
+    what.add_argument("--config", type=Path, help="JSON training config: the domains to train")
+    what.add_argument(
+        "--smoke",
+        action="store_true",
+        help="train TrainConfig's defaults instead: three tiny synthetic domains, to try the tool",
     )
     _store_args(t, name_from_env=False)
+    t.add_argument(
+        "--replace",
+        action="store_true",
+        help="publish even if the model already has versions: this run becomes its CURRENT",
+    )
     t.add_argument(
         "--run-dir", type=Path, help="checkpoints and resolved config (default runs/<name>)"
     )
@@ -194,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not (args.config or args.smoke or args.resume):
+        raise ValueError(
+            "give --config FILE (the domains to train), or --smoke for the synthetic smoke run"
+        )
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     overrides = dict(
         name=args.name,
@@ -220,6 +234,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     if args.resume and not args.config:  # only the flags given are compared with the stored run
         config = TrainConfig.load_record(run_dir / "config.json").override(**overrides)
+    if (versions := list_versions(args.store, config.name)) and not args.replace:
+        raise FileExistsError(
+            f"{args.store / config.name} already has versions {', '.join(versions)}; "
+            f"this run would become its CURRENT version, served from the next reload. Pass "
+            f"--replace to publish it there anyway, or --name for a new model"
+        )
     ranks = distributed.setup(args.device)
     try:
         result = train(config, run_dir, args.resume, progress=not args.quiet, ranks=ranks)

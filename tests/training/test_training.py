@@ -209,7 +209,10 @@ def test_cli_trains_publishes_and_inspects(tmp_path: Path) -> None:
 def test_cli_refuses_bad_input_with_a_message(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "training"]
     bad = subprocess.run(
-        [*cmd, "train", "--budget", "1.5", "--quiet"], capture_output=True, text=True, cwd=tmp_path
+        [*cmd, "train", "--smoke", "--budget", "1.5", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert bad.returncode == 2 and "budget must be in (0, 1]" in bad.stderr
     missing = subprocess.run(

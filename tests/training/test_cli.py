@@ -1,0 +1,60 @@
+"""The training CLI's guards: what it refuses before any data is loaded or any step is trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model_store import list_versions
+from tests.server.conftest import publish_random
+from tests.training.conftest import tiny_config
+from training import cli
+
+
+class Trained(Exception):
+    """Raised in place of training: the command got past every guard."""
+
+
+@pytest.fixture
+def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise Trained
+
+    monkeypatch.setattr(cli, "train", refuse)
+
+
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_config().to_dict()))
+    return path
+
+
+def test_train_without_a_config_asks_for_one_or_for_the_smoke_run(
+    tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "--store", str(tmp_path / "store"), "--name", "photos"]
+    assert cli.main([*args, "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "--config" in err and "--smoke" in err and not run_dir.exists()
+    with pytest.raises(Trained):
+        cli.main([*args, "--run-dir", str(run_dir), "--smoke"])
+
+
+def test_train_into_a_model_with_versions_needs_replace(
+    tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store"
+    publish_random(store, seed=0)  # the model "tiny", as the config names it
+    args = ["train", "--config", str(write_config(tmp_path)), "--store", str(store)]
+    args += ["--run-dir", str(tmp_path / "run")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{store / 'tiny'} already has versions v1" in err and "--replace" in err
+    assert list_versions(store, "tiny") == ["v1"] and not (tmp_path / "run").exists()
+    with pytest.raises(Trained):
+        cli.main([*args, "--replace"])
+    with pytest.raises(Trained):  # another name is a new model: nothing to replace
+        cli.main([*args, "--name", "tiny2"])
