@@ -81,20 +81,20 @@ def masked_network(shape: Shape, num_domains: int, budget: float, seed: int) -> 
     gated = float(sum(c.sum() for c in filter_costs(spec, "macs")))
     fixed = baseline_cost(spec, "macs", 0) - gated
     keep = min(1.0, max(0.0, (budget * baseline_cost(spec, "macs", 0) - fixed) / gated))
-    for block in model.blocks:
-        n = block.masks.shape[1]
+    for masks in model.gated_masks():
+        n = masks.shape[1]
         union = torch.randperm(n, generator=g)[: max(1, round(keep * n))]
-        block.masks.zero_()
+        masks.zero_()
         for d in range(num_domains):
             mine = union[torch.rand(len(union), generator=g) < SHARE]
-            block.masks[d, mine if len(mine) else union[:1]] = 1.0
+            masks[d, mine if len(mine) else union[:1]] = 1.0
     return model.eval()
 
 
 def executed_macs(model: MultiDomainResNet, domain: int = 0) -> float:
     """MACs one image costs on this network as it runs: every filter it holds is computed
     (a mask multiplies after the conv), so count all of them, not just the domain's."""
-    ones = [torch.ones(b.mid_channels, dtype=torch.float64) for b in model.spec.blocks()]
+    ones = [torch.ones(k, dtype=torch.float64) for k in model.spec.gated_filters()]
     return float(domain_cost(model.spec, "macs", domain, ones))
 
 

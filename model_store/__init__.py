@@ -55,7 +55,6 @@ _LAZY = {
     "ARCH_BUILDERS": "network",
     "MultiDomainResNet": "network",
     "build_model": "network",
-    "resnet26_decathlon": "network",
     "MIXED_KEY": "onnx_runtime",
     "OnnxGraphs": "onnx_runtime",
     "PRECISIONS": "onnx_runtime",
@@ -90,7 +89,7 @@ if TYPE_CHECKING:
     from .filter_map import filter_map
     from .graphs import records_for_new_graphs
     from .layers import DomainBatchNorm
-    from .network import ARCH_BUILDERS, MultiDomainResNet, build_model, resnet26_decathlon
+    from .network import ARCH_BUILDERS, MultiDomainResNet, build_model
     from .onnx_runtime import (
         MIXED_KEY,
         PRECISIONS,
@@ -163,7 +162,6 @@ __all__ = [
     "read_manifest",
     "records_for_new_graphs",
     "resize_shorter",
-    "resnet26_decathlon",
     "set_current",
     "shared_fraction",
     "sha256_file",

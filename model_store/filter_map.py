@@ -18,16 +18,17 @@ from .manifest import WEIGHTS, Manifest
 def filter_map(folder: Path, manifest: Manifest) -> list[dict[str, Any]]:
     """Per gated conv: its width in the full backbone, the filters kept (the union), those every
     domain shares, and each domain's on/off switch over the kept filters."""
-    names, full = manifest.spec.domain_names, manifest.spec.full_blocks()
+    spec = manifest.spec
+    names, full = spec.domain_names, spec.unpruned().gated_filters()
     with safe_open(str(Path(folder) / WEIGHTS), framework="numpy") as weights:
-        masks = [weights.get_tensor(f"blocks.{i}.masks") > 0 for i in range(len(full))]
+        masks = [weights.get_tensor(key) > 0 for key in spec.mask_keys()]
     return [
         {
             "block": i,
-            "filters": block.mid_channels,
+            "filters": filters,
             "kept": int(on.any(axis=0).sum()),
             "shared": int(on.all(axis=0).sum()),
             "domains": {name: [int(v) for v in on[d]] for d, name in enumerate(names)},
         }
-        for i, (block, on) in enumerate(zip(full, masks, strict=True))
+        for i, (filters, on) in enumerate(zip(full, masks, strict=True))
     ]

@@ -1,69 +1,89 @@
 """Physically remove filters: build a smaller network holding only chosen filters and domains.
 
-Removing filter f of a block's gated conv removes row f of conv1, column f of conv2, channel f
-of every domain's BN1 and of every domain's mask. Training prunes to the union of the domains'
-masks; serving slices one domain's own active filters to run only those.
+Removing filter f of a gated conv removes its row f, column f of the conv that reads it, channel
+f of every domain's BN after it and of every domain's mask (the network names these in
+`gate_names`, so one routine slices every architecture). Training prunes to the union of the
+domains' masks; serving slices one domain's own active filters to run only those.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from .network import MultiDomainResNet, build_model
+from .layers import DomainBatchNorm, MultiDomainResNet
+from .network import build_model
+
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 
 def union_filters(model: MultiDomainResNet) -> list[Tensor]:
-    """Per block, the filters at least one domain uses (sorted indices)."""
+    """Per gated conv, the filters at least one domain uses (sorted indices)."""
     return [(m > 0).any(dim=0).nonzero().flatten() for m in model.gated_masks()]
 
 
 def domain_filters(model: MultiDomainResNet, domain: int) -> list[Tensor]:
-    """Per block, the filters this domain uses (sorted indices)."""
+    """Per gated conv, the filters this domain uses (sorted indices)."""
     return [(m[domain] > 0).nonzero().flatten() for m in model.gated_masks()]
+
+
+def _cuts(model: MultiDomainResNet) -> dict[str, list[tuple[int, int]]]:
+    """State-dict name -> the (dim, gate) pairs that slice it: a gated conv's rows, its BN's and
+    mask's channels (dim 1: dim 0 is the domain), the reading conv's input columns."""
+    cuts: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for gate, (conv, bn, mask, reader) in enumerate(model.gate_names()):
+        cuts[f"{conv}.weight"].append((0, gate))
+        cuts[f"{reader}.weight"].append((1, gate))
+        cuts[mask].append((1, gate))
+        for tensor in BN_TENSORS:
+            cuts[f"{bn}.{tensor}"].append((1, gate))
+    return cuts
+
+
+def _per_domain(model: MultiDomainResNet) -> set[str]:
+    """State-dict names with one row per domain: every BN's tensors and every mask."""
+    names = {mask for _, _, mask, _ in model.gate_names()}
+    for prefix, module in model.named_modules():
+        if isinstance(module, DomainBatchNorm):
+            names.update(f"{prefix}.{tensor}" for tensor in BN_TENSORS)
+    return names
 
 
 @torch.no_grad()
 def slice_network(
     model: MultiDomainResNet, keep: Sequence[Tensor], domains: Sequence[int] | None = None
 ) -> MultiDomainResNet:
-    """A new network with only `keep[i]` filters in block i and only `domains`, same outputs.
+    """A new network with only `keep[i]` filters in gated conv i and only `domains`, same
+    outputs.
 
     For every kept domain and input, its logits equal the source network's (the masks of removed
     filters were zero for that domain, or the caller asked for a network that drops them).
     """
     domains = list(range(len(model.spec.domains))) if domains is None else list(domains)
-    if len(keep) != len(model.blocks):
-        raise ValueError(f"keep needs one index tensor per block ({len(model.blocks)})")
-    rows = torch.tensor(domains, dtype=torch.long)
+    n_gates = len(model.gated_masks())
+    if len(keep) != n_gates:
+        raise ValueError(f"keep needs one index tensor per gated conv ({n_gates})")
+    rows = torch.tensor(domains, dtype=torch.long, device=model.gated_masks()[0].device)
     spec = replace(
         model.spec,
         domains=tuple(model.spec.domains[d] for d in domains),
         mid_channels=tuple(len(k) for k in keep),
     )
     out = build_model(spec).to(next(model.parameters()).device)
-    src = model.state_dict()
+    src, cuts, per_domain = model.state_dict(), _cuts(model), _per_domain(model)
     new: dict[str, Tensor] = {}
     for name in out.state_dict():
-        value = src[name] if not name.startswith("heads.") else None
         parts = name.split(".")
         if parts[0] == "heads":  # heads.<j>.<weight|bias> comes from the j-th kept domain
-            value = src[f"heads.{domains[int(parts[1])]}.{parts[2]}"]
-        elif parts[0] == "blocks":
-            k = keep[int(parts[1])]
-            if parts[2] == "conv1":
-                value = value[k]
-            elif parts[2] == "conv2":
-                value = value[:, k]
-            elif parts[2] in ("bn1", "masks"):
-                value = value[rows][:, k]
-            else:  # bn2
-                value = value[rows]
-        elif parts[0] != "stem":  # stem_bn, head_bn: one row per domain
-            value = value[rows]
+            new[name] = src[f"heads.{domains[int(parts[1])]}.{parts[2]}"].clone()
+            continue
+        value = src[name][rows] if name in per_domain else src[name]
+        for dim, gate in cuts.get(name, ()):
+            value = value.index_select(dim, keep[gate].to(value.device))
         new[name] = value.clone()
     out.load_state_dict(new, strict=True)
     return out.train(model.training)
@@ -71,20 +91,24 @@ def slice_network(
 
 @torch.no_grad()
 def pad_filters(model: MultiDomainResNet, multiple: int) -> MultiDomainResNet:
-    """The same network with each block's filter count rounded up to `multiple` (a block with
-    none keeps none); every added filter outputs exactly zero for every domain (zero conv row
-    and column, zero BN scale and shift, zero mask), so every output is the same (up to a
-    kernel's summation order).
+    """The same network with each gated conv's filter count rounded up to `multiple` (one with
+    none keeps none; none grows past the full backbone's width); every added filter outputs
+    exactly zero for every domain (zero conv row and column, zero BN scale and shift, zero
+    mask), so every output is the same (up to a kernel's summation order).
 
     Why: a compiled runtime's fast convolution kernels want channel counts in whole SIMD blocks,
     and pruning leaves arbitrary counts (see graphs.CHANNEL_BLOCK).
     """
-    padded = tuple(-(-b.mid_channels // multiple) * multiple for b in model.spec.blocks())
+    full = model.spec.unpruned().gated_filters()
+    padded = tuple(
+        min(-(-k // multiple) * multiple, f)
+        for k, f in zip(model.spec.gated_filters(), full, strict=True)
+    )
     out = build_model(replace(model.spec, mid_channels=padded)).to(next(model.parameters()).device)
     new = {}
     for name, target in out.state_dict().items():
         value = model.state_dict()[name]
-        if value.shape != target.shape:  # a block's conv1, conv2, bn1 or masks: zero-extend
+        if value.shape != target.shape:  # a gated conv, its reader, BN or mask: zero-extend
             grown = torch.zeros_like(target)
             grown[tuple(slice(0, n) for n in value.shape)] = value
             value = grown

@@ -11,11 +11,46 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-ARCHITECTURES = ("resnet26_decathlon",)
-# Visual Decathlon ResNet-26: a 32-wide stem, then 3 stages of 4 basic blocks.
-STEM_WIDTH = 32
-STAGE_WIDTHS = (64, 128, 256)
-BLOCKS_PER_STAGE = 4
+
+@dataclass(frozen=True)
+class Architecture:
+    """An architecture's shape, independent of width and pruning.
+
+    family "decathlon": 3x3 stride-1 stem conv + BN (no ReLU), stride 2 at every stage start,
+    parameter-free shortcuts (avg-pool + zero channels), BN + ReLU before the pool (Visual
+    Decathlon ResNet-26). family "torchvision": 7x7 stride-2 stem conv + BN + ReLU + 3x3
+    stride-2 max-pool, stride 2 from the second stage on, 1x1 conv + BN ("downsample")
+    shortcuts where the shape changes (torchvision's and timm's ResNets).
+    """
+
+    family: str
+    block: str  # "basic" (conv3x3, conv3x3) or "bottleneck" (conv1x1, conv3x3, conv1x1 x4)
+    stem_width: int
+    depths: tuple[int, ...]  # blocks per stage
+    widths: tuple[int, ...]  # base width per stage (a bottleneck's output is 4x)
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.block == "bottleneck" else 1
+
+    @property
+    def gates_per_block(self) -> int:
+        """Gated convs per block: basic gates conv1; bottleneck gates conv1 and conv2."""
+        return 2 if self.block == "bottleneck" else 1
+
+    @property
+    def downsampling(self) -> int:
+        """How many times the input side is halved before the pool (input_size divides by it)."""
+        return 2 ** (len(self.depths) + (1 if self.family == "torchvision" else 0))
+
+
+_IMAGENET_WIDTHS = (64, 128, 256, 512)
+ARCHITECTURES: dict[str, Architecture] = {
+    "resnet26_decathlon": Architecture("decathlon", "basic", 32, (4, 4, 4), (64, 128, 256)),
+    "resnet18": Architecture("torchvision", "basic", 64, (2, 2, 2, 2), _IMAGENET_WIDTHS),
+    "resnet34": Architecture("torchvision", "basic", 64, (3, 4, 6, 3), _IMAGENET_WIDTHS),
+    "resnet50": Architecture("torchvision", "bottleneck", 64, (3, 4, 6, 3), _IMAGENET_WIDTHS),
+}
 
 
 class SpecError(ValueError):
@@ -69,12 +104,15 @@ class DomainSpec:
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """One basic block; only its first conv is gated, so only mid_channels changes on pruning."""
+    """One residual block. `gated` holds the filter count of each gated conv (basic: conv1;
+    bottleneck: conv1, conv2): the only widths pruning changes. `projection`: a 1x1 conv + BN
+    shortcut (torchvision's downsample) rather than the identity or the padded pool."""
 
     in_channels: int
-    mid_channels: int
+    gated: tuple[int, ...]
     out_channels: int
     stride: int
+    projection: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,7 +120,8 @@ class ModelSpec:
     """Architecture + width + which filters of each gated conv this network holds.
 
     `mid_channels` is None for the full backbone; a pruned network lists how many filters each
-    block's gated conv keeps. The full backbone's shape (the cost baseline) is always derivable.
+    gated conv keeps, in network order (one per basic block; conv1 then conv2 of each
+    bottleneck). The full backbone's shape (the cost baseline) is always derivable.
     """
 
     domains: tuple[DomainSpec, ...]
@@ -96,9 +135,12 @@ class ModelSpec:
             raise SpecError(f"unknown arch {self.arch!r}; known: {', '.join(ARCHITECTURES)}")
         if not 0 < self.width <= 4:
             raise SpecError(f"width multiplier must be in (0, 4], got {self.width}")
-        if self.input_size < 8 or self.input_size % 8:
-            # Three stride-2 stages: sizes divisible by 8 keep conv and pooled shortcut aligned.
-            raise SpecError(f"input_size must be a multiple of 8, got {self.input_size}")
+        step = self.architecture.downsampling
+        if self.input_size < step or self.input_size % step:
+            # Every halving exact: conv, pool and shortcut stay aligned at every stage.
+            raise SpecError(
+                f"{self.arch} needs input_size a multiple of {step}, got {self.input_size}"
+            )
         if not self.domains:
             raise SpecError("a model needs at least one domain")
         if any(d.preprocess.crop != self.input_size for d in self.domains):
@@ -107,17 +149,20 @@ class ModelSpec:
             )
         for problem in domain_name_problems([d.name for d in self.domains]):
             raise SpecError(problem)
-        n_blocks = len(STAGE_WIDTHS) * BLOCKS_PER_STAGE
         if self.mid_channels is not None:
-            full = [b.mid_channels for b in self.full_blocks()]
-            if len(self.mid_channels) != n_blocks or any(
+            full = self.unpruned().gated_filters()
+            if len(self.mid_channels) != len(full) or any(
                 not 0 <= m <= f for m, f in zip(self.mid_channels, full, strict=True)
             ):
-                raise SpecError(f"mid_channels must be {n_blocks} counts within {full}")
+                raise SpecError(f"mid_channels must be {len(full)} counts within {list(full)}")
+
+    @property
+    def architecture(self) -> Architecture:
+        return ARCHITECTURES[self.arch]
 
     @property
     def stem_channels(self) -> int:
-        return _scaled(STEM_WIDTH, self.width)
+        return _scaled(self.architecture.stem_width, self.width)
 
     @property
     def domain_names(self) -> tuple[str, ...]:
@@ -130,21 +175,52 @@ class ModelSpec:
             raise KeyError(name) from None
 
     def full_blocks(self) -> tuple[BlockSpec, ...]:
-        """The unpruned backbone's blocks: stride 2 in the first block of every stage."""
-        blocks, channels = [], self.stem_channels
-        for width in STAGE_WIDTHS:
-            out = _scaled(width, self.width)
-            for i in range(BLOCKS_PER_STAGE):
-                blocks.append(BlockSpec(channels, out, out, 2 if i == 0 else 1))
+        """The unpruned backbone's blocks, stage after stage: stride 2 in the first block of
+        every stage (torchvision: of every stage after the first, the stem has halved twice)."""
+        arch, blocks, channels = self.architecture, [], self.stem_channels
+        torchvision = arch.family == "torchvision"
+        for stage, (depth, base) in enumerate(zip(arch.depths, arch.widths, strict=True)):
+            mid = _scaled(base, self.width)
+            out = mid * arch.expansion
+            for i in range(depth):
+                stride = 2 if i == 0 and (stage > 0 or not torchvision) else 1
+                projection = torchvision and (stride != 1 or channels != out)
+                gated = (mid,) * arch.gates_per_block
+                blocks.append(BlockSpec(channels, gated, out, stride, projection))
                 channels = out
         return tuple(blocks)
 
     def blocks(self) -> tuple[BlockSpec, ...]:
+        """This network's blocks: the full ones with the kept filter counts."""
         full = self.full_blocks()
         if self.mid_channels is None:
             return full
+        kept, out = iter(self.mid_channels), []
+        for b in full:
+            out.append(replace(b, gated=tuple(next(kept) for _ in b.gated)))
+        return tuple(out)
+
+    def stages(self) -> tuple[tuple[BlockSpec, ...], ...]:
+        """blocks(), grouped by stage."""
+        blocks, out = iter(self.blocks()), []
+        for depth in self.architecture.depths:
+            out.append(tuple(next(blocks) for _ in range(depth)))
+        return tuple(out)
+
+    def gated_filters(self) -> tuple[int, ...]:
+        """Filters this network holds in each gated conv, in gate order."""
+        return tuple(k for b in self.blocks() for k in b.gated)
+
+    def mask_keys(self) -> tuple[str, ...]:
+        """The weights-file key of each gated conv's (domains, filters) mask, in gate order, so
+        that a reader without torch (the server's filter map) finds them."""
+        if self.architecture.family == "decathlon":
+            return tuple(f"blocks.{i}.masks" for i in range(len(self.full_blocks())))
         return tuple(
-            replace(b, mid_channels=m) for b, m in zip(full, self.mid_channels, strict=True)
+            f"layer{s + 1}.{i}.mask{g + 1}"
+            for s, depth in enumerate(self.architecture.depths)
+            for i in range(depth)
+            for g in range(self.architecture.gates_per_block)
         )
 
     @property

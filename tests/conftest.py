@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from model_store import DomainSpec, ModelSpec, MultiDomainResNet, Preprocess, build_model
+from model_store.spec import ARCHITECTURES
 
 # Tests run tiny networks and start server/training subprocesses side by side on 2 cores. With
 # several OpenMP thread pools spinning on the same cores, tiny ops slow down up to 100x; one
@@ -20,6 +21,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 TINY_PRE = Preprocess(resize=18, crop=16, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3))
+ARCHS = tuple(ARCHITECTURES)
+# Tiny but whole: every stage, block kind and shortcut of the architecture, at the smallest input
+# its downsampling allows (ImageNet layouts halve 5 times: 32 px leaves 1 px in stage 4).
+TINY_SIZE = {arch: 16 if arch == "resnet26_decathlon" else 32 for arch in ARCHS}
+TINY_WIDTH = {arch: 0.25 if arch == "resnet26_decathlon" else 0.125 for arch in ARCHS}
 
 
 @pytest.fixture(autouse=True)
@@ -34,13 +40,24 @@ def _seed_and_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tiny_spec(
-    num_domains: int = 3, width: float = 0.25, classes: tuple[int, ...] = (3, 4, 5)
+    num_domains: int = 3,
+    width: float | None = None,
+    classes: tuple[int, ...] = (3, 4, 5),
+    arch: str = "resnet26_decathlon",
 ) -> ModelSpec:
+    size = TINY_SIZE[arch]
+    pre = Preprocess(resize=size + 2, crop=size, mean=TINY_PRE.mean, std=TINY_PRE.std)
     domains = tuple(
-        DomainSpec(f"dom{i}", tuple(f"c{j}" for j in range(classes[i % len(classes)])), TINY_PRE)
+        DomainSpec(f"dom{i}", tuple(f"c{j}" for j in range(classes[i % len(classes)])), pre)
         for i in range(num_domains)
     )
-    return ModelSpec(domains=domains, width=width, input_size=16)
+    width = TINY_WIDTH[arch] if width is None else width
+    return ModelSpec(domains=domains, width=width, input_size=size, arch=arch)
+
+
+def tiny_input(spec: ModelSpec, batch: int) -> torch.Tensor:
+    """A random batch at the spec's input size."""
+    return torch.randn(batch, 3, spec.input_size, spec.input_size)
 
 
 def randomize(model: MultiDomainResNet, keep_prob: float = 0.5, seed: int = 0) -> MultiDomainResNet:
@@ -53,9 +70,15 @@ def randomize(model: MultiDomainResNet, keep_prob: float = 0.5, seed: int = 0) -
                 module.running_var.uniform_(0.5, 2.0, generator=g)
                 module.weight.normal_(1.0, 0.3, generator=g)
                 module.bias.normal_(0.0, 0.3, generator=g)
-        for block in model.blocks:
-            block.masks.copy_((torch.rand(block.masks.shape, generator=g) < keep_prob).float())
+        for masks in model.gated_masks():
+            masks.copy_((torch.rand(masks.shape, generator=g) < keep_prob).float())
     return model.eval()
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request: pytest.FixtureRequest) -> str:
+    """Each registered architecture, for tests that must hold for every one."""
+    return request.param
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ def domain_metrics(
     """Per domain: accuracy, parameters and MACs it runs, and its cost fraction in `unit`."""
     out = {}
     for d, name in enumerate(model.spec.domain_names):
-        masks = [b.masks[d].double() for b in model.blocks]
+        masks = [m[d].double() for m in model.gated_masks()]
         out[name] = DomainMetrics(
             accuracy=None if accuracies is None else accuracies.get(name),
             parameters=int(domain_cost(model.spec, "params", d, masks).item()),

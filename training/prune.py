@@ -48,7 +48,7 @@ def enforce_budget(
     for d, name in enumerate(spec.domain_names):
         if domains is not None and d not in domains:
             continue
-        masks = [b.masks[d] for b in model.blocks]
+        masks = [m[d] for m in model.gated_masks()]
         base = baseline_cost(spec, unit, d)
         trained = domain_cost(spec, unit, d, masks, costs).item()
         over = trained - budget * base

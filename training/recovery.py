@@ -36,10 +36,10 @@ def fill_to_budget(
 
     Deterministic in (masks, scores), so a resumed run repeats it exactly."""
     spec, costs = model.spec, filter_costs(model.spec, unit)
-    union = [b.masks.amax(dim=0) > 0 for b in model.blocks]
+    union = [m.amax(dim=0) > 0 for m in model.gated_masks()]
     regained = {}
     for d, name in enumerate(spec.domain_names):
-        masks = [b.masks[d] for b in model.blocks]
+        masks = [m[d] for m in model.gated_masks()]
         used = domain_cost(spec, unit, d, masks, costs).item()
         room = budget * baseline_cost(spec, unit, d) - used
         candidates = sorted(

@@ -51,7 +51,7 @@ class Row:
 
 def union_fraction(model: MultiDomainResNet, unit: str) -> float:
     """Cost fraction (averaged over domains' heads) of every filter the network holds."""
-    ones = [torch.ones(b.mid_channels, dtype=torch.float64) for b in model.spec.blocks()]
+    ones = [torch.ones(k, dtype=torch.float64) for k in model.spec.gated_filters()]
     return float(shared_fraction(model.spec, unit, ones))
 
 
@@ -116,7 +116,7 @@ class Report:
     def independent(self, backbone_seconds: float) -> Row:
         """(1) one fine-tuned model per domain (all weights), from the shared pretrained start."""
         cfg, rows = self.config, []
-        full = [torch.arange(b.mid_channels) for b in self.pretrained.spec.blocks()]
+        full = [torch.arange(k) for k in self.pretrained.spec.gated_filters()]
         for d, (entry, data) in enumerate(zip(cfg.domains, self.data, strict=True)):
             path = self.out / f"single-{data.name}.safetensors"
             single = slice_network(self.pretrained, full, [d])

@@ -118,7 +118,7 @@ class Trainer:
         )
         self.model = build_model(spec)
         self.switches = Switches(
-            [b.mid_channels for b in spec.blocks()], len(data), config.score_init, config.ste_clip
+            list(spec.gated_filters()), len(data), config.score_init, config.ste_clip
         )
         self.sampler = RoundRobin(data, config.batch_size, config.seed)
         self.augment = torch.Generator().manual_seed(config.seed + 1)
@@ -260,8 +260,10 @@ class Trainer:
     def freeze_masks(self) -> None:
         """The stored masks := the switches' final hard masks (idempotent: scores are fixed)."""
         with torch.no_grad():
-            for block, mask in zip(self.model.blocks, self.switches.hard_masks(), strict=True):
-                block.masks.copy_(mask)
+            for stored, mask in zip(
+                self.model.gated_masks(), self.switches.hard_masks(), strict=True
+            ):
+                stored.copy_(mask)
 
     def run_phase(
         self,
@@ -316,7 +318,9 @@ class Trainer:
         if cfg.distill_weight > 0 and self.phase in ("bap", "recover"):
             self.teacher = self.load_pretrained()
         if self.phase == "bap" and self.step == 0 and cfg.score_init_from_bn:
-            self.switches.spread_by_importance([b.bn1.weight.detach() for b in self.model.blocks])
+            self.switches.spread_by_importance(
+                [bn.weight.detach() for bn in self.model.gated_norms()]
+            )
         if self.phase == "bap":
             self.net = self.ranks.replicate(self.model, self.switches)
             opt = torch.optim.SGD(
