@@ -42,6 +42,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing ${BAP_TORCH:-torch==2.13.0}"
     "${pip[@]}" "${BAP_TORCH:-torch==2.13.0}" ${BAP_TORCH_INDEX:+--extra-index-url "$BAP_TORCH_INDEX"}
   fi
+  if [[ ",$extras," == *",dev,"* && ",$extras," == *",torch,"* ]]; then
+    # The tests' reference ResNets (tests/torchvision_reference.py). The index's wheel is a CUDA
+    # build that requires torch exactly: --no-deps, so pip never replaces the CPU torch above.
+    "${pip[@]}" --no-deps torchvision==0.28.0
+  fi
   echo "setup: installing the project [$extras]"
   "${pip[@]}" -e ".${extras:+[$extras]}"
   if [[ ",$extras," == *",data,"* ]]; then
