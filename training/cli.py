@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="several ranks: BN statistics of the global batch instead of each rank's shard",
     )
     g.add_argument("--seed", type=int)
+    g.add_argument("--arch", help="resnet26_decathlon (default), resnet18, resnet34 or resnet50")
+    g.add_argument(
+        "--pretrained",
+        type=Path,
+        help="start from a torchvision or timm ResNet state dict (.pth or .safetensors)",
+    )
 
     r = sub.add_parser("report", help="baselines and BAP at several budgets -> results.md + plot")
     r.add_argument(
@@ -219,6 +225,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.backbone and args.pretrain_epochs is None
         else args.pretrain_epochs,
         backbone=args.backbone,
+        arch=args.arch,
+        pretrained=str(args.pretrained.resolve()) if args.pretrained else None,
         threads=args.threads,
         precision=args.precision,
         sync_bn=args.sync_bn,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from model_store import UNITS, domain_name_problems
+from model_store import ARCH_BUILDERS, UNITS, domain_name_problems
 
 SHARING_FORMS = ("union", "intersection", "jaccard", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -64,10 +64,14 @@ class TrainConfig:
     name: str = "bap"
     domains: list[dict[str, Any]] = field(default_factory=_synthetic_domains)
     # backbone and input
+    arch: str = "resnet26_decathlon"  # resnet26_decathlon, resnet18, resnet34 or resnet50
     width: float = 0.5
     resize: int = 36
     crop: int = 32
     backbone: str | None = None  # start from these weights (safetensors or version folder)
+    # start from a torchvision or timm ResNet state dict (.pth or .safetensors; arch resnet18,
+    # resnet34 or resnet50 at width 1): every domain's BN from the file's, its fc ignored
+    pretrained: str | None = None
     # stage 1: pretrain every weight jointly (shared convs, per-domain BN and heads)
     pretrain_epochs: float = 2.0
     pretrain_lr: float = 0.05
@@ -116,6 +120,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.arch not in ARCH_BUILDERS:
+            problems.append(f"arch must be one of {sorted(ARCH_BUILDERS)}, got {self.arch!r}")
+        if self.backbone and self.pretrained:
+            problems.append("give backbone (our own weights) or pretrained (a ResNet's), not both")
         if not 0 < self.budget <= 1:
             problems.append(f"budget must be in (0, 1], got {self.budget}")
         if self.budget_unit not in UNITS:

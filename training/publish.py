@@ -130,6 +130,8 @@ def publish_result(
                 f"{before:.4f} -> {after:.4f}"
             )
     manifest.training.update({"export": export, "masked_vs_pruned_max_abs_diff": diff})
+    if result.pretrained:  # the file the shared convs came from: SHA-256, arch, key format
+        manifest.training["pretrained"] = result.pretrained
     if problems and not force:
         raise ExportRefused(
             "not publishing: training did not reach the budget "

@@ -46,6 +46,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .data import DomainData, RoundRobin, train_batch
 from .losses import CostTerms, DualMultipliers, budget_loss, sharing_loss, union_masks
+from .pretrained import load_pretrained
 from .recovery import fill_to_budget, recalibrate_bn
 from .sources import load_domain
 from .switches import Switches
@@ -62,6 +63,7 @@ class TrainResult:
     model: MultiDomainResNet
     scores: list[Tensor]
     data: list[DomainData]
+    pretrained: dict[str, str] | None = None  # the file it started from (training/pretrained.py)
 
 
 def load_backbone(model: MultiDomainResNet, path: Path) -> None:
@@ -78,7 +80,8 @@ def load_backbone(model: MultiDomainResNet, path: Path) -> None:
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{file}: cannot read backbone weights ({exc})") from exc
     own = model.state_dict()
-    for key in (k for k in own if k == "stem.weight" or ".conv" in k):
+    convs = (f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    for key in convs:
         if key not in tensors or tensors[key].shape != own[key].shape:
             raise ArtifactError(
                 f"{file}: no {key} of shape {tuple(own[key].shape)}; a backbone must be an "
@@ -114,7 +117,10 @@ class Trainer:
             )
         torch.manual_seed(config.seed)
         spec = ModelSpec(
-            domains=tuple(d.domain_spec() for d in data), width=config.width, input_size=config.crop
+            domains=tuple(d.domain_spec() for d in data),
+            width=config.width,
+            input_size=config.crop,
+            arch=config.arch,
         )
         self.model = build_model(spec)
         self.switches = Switches(
@@ -131,6 +137,9 @@ class Trainer:
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
         if config.backbone:  # stage 1 then fine-tunes it, for pretrain_epochs (0 skips it)
             load_backbone(self.model, Path(config.backbone))
+        self.pretrained = (
+            load_pretrained(self.model, Path(config.pretrained)) if config.pretrained else None
+        )
         # channels-last convolutions run ~1.3x faster on CPU here (oneDNN), and on GPUs too.
         self.model.to(device, memory_format=torch.channels_last)
         self.switches.to(device)
@@ -354,7 +363,7 @@ class Trainer:
         )
         scores = [s.detach().cpu().clone() for s in self.switches.scores]
         model = self.model.to("cpu", memory_format=torch.contiguous_format).eval()
-        return TrainResult(model, scores, self.data)
+        return TrainResult(model, scores, self.data, self.pretrained)
 
 
 def train(

@@ -138,3 +138,47 @@ def test_pickled_code_and_other_formats_are_refused(tmp_path: Path) -> None:
         load_pretrained(build_model(_spec("resnet18")), other)
     with pytest.raises(ArtifactError, match="backbone="):
         load_pretrained(build_model(tiny_spec()), path)
+
+
+def test_a_run_starts_from_the_file_and_its_manifest_records_it(tmp_path: Path) -> None:
+    """`arch` and `pretrained` in the config: the run builds that architecture, starts from the
+    file's convs, and the published manifest names the file's SHA-256, arch and key format."""
+    from tests.training.conftest import tiny_config
+    from training.publish import publish_result
+    from training.trainer import train
+
+    state = _reference_state("resnet18")
+    path = tmp_path / "r18.pth"
+    torch.save(state, path)
+    config = tiny_config(
+        arch="resnet18",
+        width=1.0,
+        resize=36,
+        crop=32,
+        pretrained=str(path),
+        pretrain_epochs=0.0,
+        epochs=0.5,
+        recovery_epochs=0.0,
+        bn_recalibration_batches=1,
+        budget=0.9,
+    )
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.model.spec.arch == "resnet18"
+    key = "layer2.0.downsample.0.weight"  # convs are frozen in stage 2: still the file's
+    assert torch.equal(result.model.get_parameter(key), state[key])
+    manifest, _ = publish_result(config, result, tmp_path / "store", force=True)
+    record = manifest.training["pretrained"]
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (record["arch"], record["keys"], record["format"]) == ("resnet18", "torchvision", "pth")
+
+
+def test_config_and_flags_name_arch_and_pretrained() -> None:
+    from training.cli import build_parser
+    from training.config import TrainConfig
+
+    args = build_parser().parse_args(["train", "--arch", "resnet50", "--pretrained", "w.pth"])
+    assert (args.arch, args.pretrained) == ("resnet50", Path("w.pth"))
+    with pytest.raises(ValueError, match="arch must be one of"):
+        TrainConfig(arch="resnet101")
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(backbone="a.safetensors", pretrained="b.pth")
