@@ -7,7 +7,9 @@ Bad settings and a missing model stop the process with one line that says how to
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 
 import uvicorn
@@ -64,6 +66,25 @@ def load_model(settings: Settings) -> Served:
         )
 
 
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket, bound before the model loads: uvicorn binds only after the app's
+    start-up has logged `ready`, so a taken port would first say ready, then fail."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        taken = "is already in use" if exc.errno == errno.EADDRINUSE else "cannot be bound"
+        sys.exit(
+            f"bap-serve: {settings.host}:{settings.port} {taken} ({exc.strerror}); "
+            "serve on another port with --port / BAP_PORT (or another address with --host / "
+            "BAP_HOST)"
+        )
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(argv)
     logging.basicConfig(
@@ -72,15 +93,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     if return_large_frees():
         log.debug("glibc returns freed buffers over 1 MiB to the OS")
+    sock = bind(settings)
     served = load_model(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings, preloaded=served),
-        host=settings.host,
-        port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # the metrics count every request; the log stays quiet
         timeout_graceful_shutdown=settings.drain_seconds,
     )
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:  # the app's start-up failed and uvicorn logged why
+        sys.exit(1)
 
 
 if __name__ == "__main__":

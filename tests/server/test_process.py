@@ -263,6 +263,26 @@ def test_no_good_model_stops_with_the_fix_not_a_traceback(store: Path, problem: 
     assert "Traceback" not in result.stderr
 
 
+def test_busy_port_stops_before_ready_with_the_setting_named(store: Path) -> None:
+    """Binding comes first: a taken port is one line naming it and BAP_PORT, not a `ready`
+    log followed by uvicorn's `[Errno 98]`."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            serve_command(f"--store={store}", f"--model={MODEL}", f"--port={port}"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=CAP_SECONDS,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "ready model=" not in output and "Traceback" not in output
+    assert f"127.0.0.1:{port} is already in use" in result.stderr
+    assert "--port / BAP_PORT" in result.stderr
+
+
 def test_bad_setting_stops_with_the_flag_named(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BAP_")} | {
         "BAP_MAX_BATCH_SIZE": "0"
