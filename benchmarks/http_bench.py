@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from model_store import ArtifactError, version_path
+from model_store import ArtifactError, open_version
 from server.runner import load_runtime
 
 from .common import process_memory
@@ -83,7 +83,7 @@ def _unavailable(store: Path, model: str, settings: dict[str, str]) -> str | Non
     graphs, no OpenVINO installed, no bf16 record or no native bf16 on this CPU."""
     runtime, precision = settings.get("runtime", "auto"), settings.get("precision", "fp32")
     try:
-        load_runtime(version_path(store, model), runtime, 1, precision)
+        load_runtime(open_version(store, model), runtime, 1, precision)
     except ArtifactError as exc:
         return str(exc)
     return None

@@ -9,16 +9,9 @@ training never imports ONNX Runtime.
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .manifest import (
-    FORMAT_VERSION,
-    ArtifactError,
-    DomainMetrics,
-    Manifest,
-    add_files,
-    read_manifest,
-    sha256_file,
-    verify_files,
-)
+from .errors import ArtifactError, one_line
+from .layout import MIXED_KEY, PRECISIONS, domain_key, mixed_key
+from .manifest import FORMAT_VERSION, DomainMetrics, Manifest, PrecisionRecord
 from .preprocess import (
     ImageError,
     ImageTooLarge,
@@ -31,17 +24,30 @@ from .preprocess import (
     resize_shorter,
 )
 from .spec import DomainSpec, ModelSpec, Preprocess, SpecError, domain_name_problems
-from .versions import (
+from .stored import (
+    StoredVersion,
     current_version,
+    list_models,
     list_versions,
+    open_version,
+    previous_version,
+    version_path,
+)
+from .versions import (
+    Publication,
+    collect_garbage,
+    derive_version,
     load_version,
     publish_version,
+    recompile_version,
+    rollback,
+    seed_versions,
     set_current,
-    version_path,
 )
 
 _LAZY = {
     "read_artifact": "artifact",
+    "load_model": "artifact",
     "UNITS": "cost",
     "baseline_cost": "cost",
     "cost_fraction": "cost",
@@ -55,14 +61,10 @@ _LAZY = {
     "ARCH_BUILDERS": "network",
     "MultiDomainResNet": "network",
     "build_model": "network",
-    "MIXED_KEY": "onnx_runtime",
     "OnnxGraphs": "onnx_runtime",
-    "PRECISIONS": "onnx_runtime",
-    "domain_key": "onnx_runtime",
     "make_session": "onnx_runtime",
-    "mixed_key": "onnx_runtime",
     "OpenVinoGraphs": "openvino_runtime",
-    "records_for_new_graphs": "graphs",
+    "export_graphs": "graphs",
     "compile_graph": "openvino_runtime",
     "domain_filters": "slicing",
     "domain_view": "slicing",
@@ -74,7 +76,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .artifact import read_artifact
+    from .artifact import load_model, read_artifact
     from .cost import (
         UNITS,
         baseline_cost,
@@ -87,17 +89,10 @@ if TYPE_CHECKING:
         single_domain_parameters,
     )
     from .filter_map import filter_map
-    from .graphs import records_for_new_graphs
+    from .graphs import export_graphs
     from .layers import DomainBatchNorm
     from .network import ARCH_BUILDERS, MultiDomainResNet, build_model
-    from .onnx_runtime import (
-        MIXED_KEY,
-        PRECISIONS,
-        OnnxGraphs,
-        domain_key,
-        make_session,
-        mixed_key,
-    )
+    from .onnx_runtime import OnnxGraphs, make_session
     from .openvino_runtime import OpenVinoGraphs, compile_graph
     from .slicing import domain_filters, domain_view, prune_to_union, slice_network, union_filters
     from .torch_runtime import TorchRuntime
@@ -128,46 +123,55 @@ __all__ = [
     "OnnxGraphs",
     "OpenVinoGraphs",
     "PRECISIONS",
+    "PrecisionRecord",
+    "Publication",
     "Preprocess",
     "SpecError",
+    "StoredVersion",
     "TorchRuntime",
-    "add_files",
     "domain_key",
     "domain_name_problems",
     "baseline_cost",
     "build_model",
+    "collect_garbage",
     "compile_graph",
     "cost_fraction",
     "current_version",
     "decode_image",
+    "derive_version",
     "domain_cost",
     "domain_filters",
     "domain_view",
     "eval_pixels",
     "eval_transform",
+    "export_graphs",
     "filter_costs",
     "filter_map",
     "image_to_uint8",
     "independent_parameters",
+    "list_models",
     "list_versions",
+    "load_model",
     "load_version",
     "make_session",
     "mixed_key",
     "model_parameters",
     "normalize",
+    "one_line",
+    "open_version",
+    "previous_version",
     "preprocess_bytes",
     "prune_to_union",
     "publish_version",
     "read_artifact",
-    "read_manifest",
-    "records_for_new_graphs",
+    "recompile_version",
     "resize_shorter",
+    "rollback",
+    "seed_versions",
     "set_current",
     "shared_fraction",
-    "sha256_file",
     "single_domain_parameters",
     "slice_network",
     "union_filters",
-    "verify_files",
     "version_path",
 ]

@@ -1,27 +1,27 @@
 """Which filters each domain of a stored version uses, block by block: the picture of the method.
 
-Read from the version's weights file (the stored per-domain masks over the filters that survived
-pruning) with safetensors' numpy loader, so the torch-free server can draw it. The file is the
-one `verify_files` checked; only the mask tensors are read.
+Read from the version's weights (the stored per-domain masks over the filters that survived
+pruning) with safetensors' numpy loader, so the torch-free server can draw it; the bytes are the
+ones checked against the manifest.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors.numpy import load
 
-from .manifest import WEIGHTS, Manifest
+from .manifest import WEIGHTS
+from .stored import StoredVersion
 
 
-def filter_map(folder: Path, manifest: Manifest) -> list[dict[str, Any]]:
+def filter_map(stored: StoredVersion) -> list[dict[str, Any]]:
     """Per gated conv: its width in the full backbone, the filters kept (the union), those every
     domain shares, and each domain's on/off switch over the kept filters."""
-    spec = manifest.spec
+    spec = stored.manifest.spec
     names, full = spec.domain_names, spec.unpruned().gated_filters()
-    with safe_open(str(Path(folder) / WEIGHTS), framework="numpy") as weights:
-        masks = [weights.get_tensor(key) > 0 for key in spec.mask_keys()]
+    weights = load(stored.read(WEIGHTS))
+    masks = [weights[key] > 0 for key in spec.mask_keys()]
     return [
         {
             "block": i,

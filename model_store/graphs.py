@@ -10,29 +10,24 @@ Two kinds, both with a dynamic batch dimension:
 
 Each block's filters are padded (exact zeros, `pad_filters`) to a whole number of CHANNEL_BLOCKs.
 
-The files go into the version folder and the manifest's `files`, so they are verified by the
-same SHA-256 check as the weights. Exported with torch's TorchScript-based ONNX exporter in eval
-mode (BN then uses the running statistics; ONNX Runtime folds it into the convs at load).
+The files go into a version (`publish_version(..., extra_files=export_graphs(model))`) and its
+manifest's `files`, so they are verified by the same SHA-256 check as the weights. Exported
+with torch's TorchScript-based ONNX exporter in eval mode (BN then uses the running
+statistics; ONNX Runtime folds it into the convs at load).
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .artifact import read_artifact
 from .layers import DomainRoute, MixedRoute
-from .manifest import WEIGHTS, Manifest, add_files
+from .layout import MIXED_KEY, domain_key
 from .network import MultiDomainResNet
-from .onnx_runtime import MIXED_KEY, domain_key
 from .slicing import domain_view, pad_filters
-from .versions import publish_version, version_path
 
 OPSET = 17
 # ONNX Runtime's CPU convolutions take their blocked (NCHWc) kernels only when channel counts are
@@ -121,43 +116,3 @@ def export_graphs(model: MultiDomainResNet) -> dict[str, bytes]:
     mixed = _MixedGraph(pad_filters(model, CHANNEL_BLOCK))
     graphs[MIXED_KEY] = _onnx_bytes(mixed, mixed_inputs, ["x", "domains"])
     return graphs
-
-
-def add_graphs(folder: Path) -> Manifest:
-    """Export the graphs of an existing, verified version into its folder and list them (size,
-    SHA-256) in its manifest, which is replaced atomically."""
-    folder = Path(folder)
-    manifest, model = read_artifact(folder)
-    return add_files(folder, manifest, export_graphs(model))
-
-
-GRAPH_RECORDS = ("int8", "bf16")  # manifest.training entries measured on a version's graphs
-
-
-def records_for_new_graphs(training: dict[str, Any]) -> dict[str, Any]:
-    """A version's `manifest.training` without what was measured on its graphs (int8 graphs'
-    and bf16 accuracy): a version published with fresh graphs must measure those again."""
-    return {k: v for k, v in training.items() if k not in GRAPH_RECORDS}
-
-
-def recompile_version(store: Path, name: str, version: str | None = None) -> Manifest:
-    """Publish a new version with `version`'s weights, masks and records and graphs exported by
-    this code, so an export improvement reaches a stored model without retraining; the old
-    version stays as it was, and CURRENT does not move. What was derived from the old graphs
-    (int8 graphs, int8 and bf16 accuracy) is not carried: `python -m training quantize` and
-    `measure-bf16` measure it again on the new ones."""
-    folder = version_path(store, name, version)
-    manifest, model = read_artifact(folder)
-    carried = {
-        key: (folder / key).read_bytes()
-        for key in manifest.files
-        if key != WEIGHTS and not key.startswith("graphs/")
-    }
-    fresh = replace(
-        manifest,
-        files={},
-        training=records_for_new_graphs(manifest.training),
-        provenance={**manifest.provenance, "graphs_recompiled_from": manifest.version},
-    )
-    publish_version(store, model, fresh, make_current=False, graphs=True, extra_files=carried)
-    return fresh

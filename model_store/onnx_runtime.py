@@ -19,58 +19,26 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .layout import MIXED, graph_keys
 from .manifest import ArtifactError, Manifest
+from .stored import StoredVersion
 
 # No usage telemetry from a model server (ONNX Runtime 1.29+ sends it from Linux builds too;
 # the Docker image also sets ORT_DISABLE_TELEMETRY=1, which acts before the runtime starts).
 ort.disable_telemetry_events()
-
-GRAPH_DIR = "graphs"
-PRECISIONS = ("fp32", "int8")  # int8: `python -m training quantize` adds graphs/int8/...
-
-
-def _root(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}; known: {', '.join(PRECISIONS)}")
-    return GRAPH_DIR if precision == "fp32" else f"{GRAPH_DIR}/{precision}"
-
-
-def domain_key(domain: str, precision: str = "fp32") -> str:
-    """The manifest key (path in the version folder) of one domain's graph."""
-    return f"{_root(precision)}/domains/{domain}.onnx"
-
-
-def mixed_key(precision: str = "fp32") -> str:
-    """The manifest key of the mixed union network's graph."""
-    return f"{_root(precision)}/mixed.onnx"
-
-
-MIXED_KEY = mixed_key()
-MIXED = ""  # graph_keys' key for the mixed graph (no domain has an empty name)
-
-
-def graph_keys(folder: Path, manifest: Manifest, precision: str = "fp32") -> dict[str, str]:
-    """Each domain's graph key and the mixed one's (under MIXED), all listed in the manifest;
-    if one is missing, the error names the command that makes them."""
-    keys = {n: domain_key(n, precision) for n in manifest.spec.domain_names}
-    keys[MIXED] = mixed_key(precision)
-    missing = [k for k in keys.values() if k not in manifest.files]
-    if missing:
-        v = manifest.version
-        make = f"model_store export-graphs {v}"
-        if precision != "fp32":
-            make = f"training quantize --version {v}"
-        raise ArtifactError(
-            f"{folder}: no {precision} graphs {missing} in the manifest; make them with "
-            f"`python -m {make}`"
-        )
-    return keys
 
 
 def column_slices(manifest: Manifest) -> list[slice]:
     """Domain d's logits in the mixed graph's output: the columns of slice d."""
     edges = np.cumsum([0, *(len(d.labels) for d in manifest.spec.domains)]).tolist()
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def check_classes(path: Path, width: object, classes: int) -> None:
+    """A graph's output width must be the manifest's label count (a label without a logit, or
+    a logit without a label, would answer wrongly or fail per request)."""
+    if width != classes:
+        raise ArtifactError(f"{path}: outputs {width} logits, the manifest has {classes} labels")
 
 
 def make_session(model: str | bytes, threads: int | None = None) -> ort.InferenceSession:
@@ -92,17 +60,24 @@ class OnnxGraphs:
 
     def __init__(
         self,
-        folder: Path,
-        manifest: Manifest,
+        stored: StoredVersion,
         threads: int | None = None,
         precision: str = "fp32",
     ):
-        keys = graph_keys(folder, manifest, precision)
+        manifest = stored.manifest
+        keys = graph_keys(stored.folder, manifest, precision)
         self.precision = precision
         cores = len(os.sched_getaffinity(0))
         self.parallel_batches = max(1, cores // (threads or cores))
-        self.mixed = make_session(str(Path(folder) / keys.pop(MIXED)), threads)
-        self.domains = {n: make_session(str(Path(folder) / k), threads) for n, k in keys.items()}
+
+        def session(key: str, classes: int) -> ort.InferenceSession:
+            made = make_session(stored.read(key), threads)  # the bytes that were checked
+            check_classes(stored.folder / key, made.get_outputs()[0].shape[-1], classes)
+            return made
+
+        labels = {d.name: len(d.labels) for d in manifest.spec.domains}
+        self.mixed = session(keys.pop(MIXED), sum(labels.values()))
+        self.domains = {n: session(k, labels[n]) for n, k in keys.items()}
         self.columns = column_slices(manifest)
 
     def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:

@@ -21,16 +21,19 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from .manifest import ArtifactError, Manifest
-from .onnx_runtime import MIXED, column_slices, graph_keys
+from .layout import MIXED, graph_keys
+from .manifest import ArtifactError
+from .onnx_runtime import check_classes, column_slices
+from .stored import StoredVersion
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
 
 
 def compile_graph(
-    core: ov.Core, path: Path, threads: int | None, precision: str = "fp32"
+    core: ov.Core, graph: bytes, path: Path, threads: int | None, precision: str = "fp32"
 ) -> ov.CompiledModel:
-    """One graph compiled for the CPU at `precision`, one stream (the latency setting)."""
+    """One graph (the checked bytes of the file at `path`) compiled for the CPU at `precision`,
+    one stream (the latency setting)."""
     if precision not in HINTS:
         raise ValueError(f"precision {precision!r}; OpenVINO runs: {', '.join(HINTS)}")
     config: dict[str, object] = {
@@ -39,7 +42,7 @@ def compile_graph(
     }
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    compiled = core.compile_model(core.read_model(graph), "CPU", config)
     used = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
     if used != HINTS[precision]:
         raise ArtifactError(
@@ -56,22 +59,24 @@ class OpenVinoGraphs:
 
     def __init__(
         self,
-        folder: Path,
-        manifest: Manifest,
+        stored: StoredVersion,
         threads: int | None = None,
         precision: str = "fp32",
     ):
-        keys, core = graph_keys(folder, manifest), ov.Core()  # the fp32 graphs, any precision
+        manifest, core = stored.manifest, ov.Core()
+        keys = graph_keys(stored.folder, manifest)  # the fp32 graphs, any precision
 
-        def request(key: str) -> ov.InferRequest:
-            return compile_graph(
-                core, Path(folder) / key, threads, precision
-            ).create_infer_request()
+        def request(key: str, classes: int) -> ov.InferRequest:
+            path = stored.folder / key
+            compiled = compile_graph(core, stored.read(key), path, threads, precision)
+            check_classes(path, compiled.outputs[0].get_partial_shape()[-1].get_length(), classes)
+            return compiled.create_infer_request()
 
+        labels = {d.name: len(d.labels) for d in manifest.spec.domains}
         self.precision = precision
         self.parallel_batches = 1  # one infer request per graph: two batches would share it
-        self.mixed = request(keys.pop(MIXED))
-        self.domains = {n: request(k) for n, k in keys.items()}
+        self.mixed = request(keys.pop(MIXED), sum(labels.values()))
+        self.domains = {n: request(k, labels[n]) for n, k in keys.items()}
         self.columns = column_slices(manifest)
 
     def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:

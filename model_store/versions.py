@@ -1,99 +1,124 @@
-"""The store: `<store>/<model-name>/<version>/` folders and a `CURRENT` pointer per model.
+"""The store: `<store>/<model>/<version>/` folders and the model's record (refs.py).
 
-A version appears all at once (written into a hidden temp folder, fsynced, renamed) and is never
-modified afterwards. CURRENT is replaced atomically (temp file, fsync, rename), so a reader sees
-the old or the new name, never half of one.
+The rule for a published version: **it never changes.** Its files and its manifest are written
+once, before it appears; the record keeps its manifest's SHA-256, and that manifest keeps every
+file's. What is measured or compiled later (int8 graphs, a bf16 accuracy record, graphs from a
+newer exporter) makes a new version derived from it (`derive_version`), which becomes CURRENT
+only if CURRENT still names the version it came from. A loader reads each file's bytes once,
+checks them, and loads those same bytes: what it verified is what it serves.
+
+Every change is made under the model's lock, in an order a crash at any step survives:
+a new version is assembled in a hidden folder, listed in the record, renamed into place, and
+only then named CURRENT; gc renames a version out of sight before unlisting it. Not covered:
+power loss on a filesystem that reorders metadata without the folder fsyncs we do, and network
+filesystems (NFS, SMB), whose rename and lock semantics differ.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import tempfile
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .manifest import (
-    ArtifactError,
-    Manifest,
-    add_files,
-    fsync_dir,
-    read_manifest,
-    verify_files,
-    write_atomic,
+from . import files
+from .errors import ArtifactError
+from .layout import GRAPH_DIR
+from .manifest import MANIFEST, WEIGHTS, Manifest, PrecisionRecord, file_entry
+from .refs import (
+    REFS,
+    Refs,
+    locked,
+    model_root,
+    read_manifest_bytes,
+    read_refs,
+    version_folders,
+    write_refs,
 )
+from .stored import StoredVersion, open_version
 
 if TYPE_CHECKING:  # torch is imported only where weights are read or written
     from .network import MultiDomainResNet
 
-CURRENT = "CURRENT"
-PREVIOUS = "PREVIOUS"  # what CURRENT named before its last change
-_VERSION = re.compile(r"^v(\d+)$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+log = logging.getLogger(__name__)
+SAME_AS_NOW = "same-as-now"  # publish_version: move CURRENT whatever it names
 
 
-def _check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value) or value in (".", ".."):
-        raise ValueError(f"{kind} {value!r} must be 1-64 letters, digits, '.', '_' or '-'")
-    return value
+@dataclass(frozen=True)
+class Publication:
+    """What a command that publishes did: the new version, and what CURRENT names after it
+    (with a note when CURRENT was not moved because it changed while the command ran)."""
+
+    version: str
+    current: str | None
+    note: str = ""
 
 
-def list_versions(store: Path, name: str) -> list[str]:
-    """Published versions of a model, oldest first."""
-    root = Path(store) / _check_name("model name", name)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p.name) for p in root.iterdir() if (m := _VERSION.match(p.name))]
-    return [v for _, v in sorted(found)]
+def load_version(
+    store: Path, name: str, version: str | None = None
+) -> tuple[Manifest, MultiDomainResNet]:
+    """Resolve, verify and load a version (CURRENT by default), in eval mode on CPU."""
+    from .artifact import load_model
+
+    stored = open_version(store, name, version)
+    return stored.manifest, load_model(stored)
 
 
-def _read_pointer(store: Path, name: str, filename: str, missing: str) -> str:
-    """The version a pointer file (CURRENT, PREVIOUS) names; `missing` says how to fix its
-    absence."""
-    pointer = Path(store) / _check_name("model name", name) / filename
-    try:
-        version = pointer.read_text().strip()
-    except FileNotFoundError:
-        raise ArtifactError(f"{pointer}: missing; {missing}") from None
-    if not _VERSION.match(version):
-        raise ArtifactError(f"{pointer}: holds {version!r}, not a version name like v3")
-    return version
+# --- changes, each under the model's lock ---
 
 
-def current_version(store: Path, name: str) -> str:
-    """The version CURRENT names; an error that says how to fix a missing pointer."""
-    return _read_pointer(
-        store, name, CURRENT, "publish a version first (python -m training train ...)"
-    )
+def set_current(
+    store: Path, name: str, version: str, check: Callable[[StoredVersion], Any] | None = None
+) -> str | None:
+    """Point CURRENT at a published version after verifying it (every file, then `check`);
+    the version it named becomes PREVIOUS. Returns that version."""
+    with locked(store, name) as root:
+        stored = open_version(store, name, version)
+        stored.verify()
+        if check is not None:
+            check(stored)
+        refs = read_refs(root)
+        before = refs.current
+        if before != version:
+            refs.previous, refs.current = before, version
+            write_refs(root, refs)
+        return before
 
 
-def _write_pointer(root: Path, filename: str, version: str) -> None:
-    """Replace root/filename by `version`, atomically."""
-    write_atomic(root / filename, (version + "\n").encode())
+def rollback(
+    store: Path, name: str, check: Callable[[StoredVersion], Any] | None = None
+) -> tuple[str, str]:
+    """Make PREVIOUS CURRENT again (verified first); returns (now CURRENT, was CURRENT)."""
+    with locked(store, name) as root:
+        refs = read_refs(root)
+        if refs.previous is None or refs.current is None:
+            raise ArtifactError(f"{root / REFS}: no PREVIOUS version to roll back to")
+        stored = open_version(store, name, refs.previous)
+        stored.verify()
+        if check is not None:
+            check(stored)
+        refs.current, refs.previous = refs.previous, refs.current
+        write_refs(root, refs)
+        return refs.current, refs.previous
 
 
-def set_current(store: Path, name: str, version: str) -> None:
-    """Point CURRENT at an existing version, atomically; the version it named goes to PREVIOUS
-    (what `rollback` returns to)."""
-    root = Path(store) / _check_name("model name", name)
-    if not (root / _check_name("version", version)).is_dir():
-        raise ArtifactError(f"{root / version}: no such version")
-    try:
-        before: str | None = current_version(store, name)
-    except ArtifactError:
-        before = None  # the first publish, or a broken pointer being repaired
-    if before is not None and before != version:
-        _write_pointer(root, PREVIOUS, before)
-    _write_pointer(root, CURRENT, version)
-
-
-def previous_version(store: Path, name: str) -> str:
-    """The version CURRENT named before the last change (for a rollback)."""
-    return _read_pointer(store, name, PREVIOUS, "CURRENT has not changed since it was set")
+def collect_garbage(store: Path, name: str, keep: int) -> tuple[list[str], list[str]]:
+    """Delete all but the newest `keep` versions, never CURRENT or PREVIOUS; each is renamed out
+    of sight before it is unlisted, so a kill leaves no half version. Returns (removed, kept)."""
+    if keep < 1:
+        raise ArtifactError(f"--keep must be >= 1, got {keep}")
+    with locked(store, name) as root:
+        refs = read_refs(root)
+        protected = {refs.current, refs.previous}
+        listed = list(refs.versions)
+        doomed = [v for v in listed[:-keep] if v not in protected]
+        for version in doomed:
+            files.remove_tree(root / version)
+            del refs.versions[version]
+            write_refs(root, refs)
+        return doomed, [v for v in listed if v not in doomed]
 
 
 def publish_version(
@@ -101,126 +126,140 @@ def publish_version(
     model: MultiDomainResNet,
     manifest: Manifest,
     make_current: bool = True,
-    graphs: bool = False,
     extra_files: dict[str, bytes] | None = None,
-) -> str:
-    """Write a new immutable version folder and (by default) point CURRENT at it; with `graphs`
-    the compiled ONNX graphs go in too, and `extra_files` (key: path in the folder), listed and
-    hashed in the manifest before the version appears."""
-    from .artifact import write_artifact
+    expect_current: str | None = SAME_AS_NOW,
+) -> Publication:
+    """Write a new version (weights, manifest and `extra_files` by key, such as the compiled
+    graphs of `graphs.export_graphs`) and, by default, make it CURRENT. With `expect_current`,
+    CURRENT moves only if it still names that version (what the command started from): a change
+    made meanwhile by another command is never silently overwritten."""
+    from .artifact import weights_bytes
 
-    root = Path(store) / _check_name("model name", manifest.name)
+    contents = {WEIGHTS: weights_bytes(model), **(extra_files or {})}
+    if manifest.spec != model.spec:
+        raise ValueError("manifest.spec must be the model's spec")
+    with locked(store, manifest.name) as root:
+        refs = read_refs(root) if (root / REFS).exists() else Refs()
+        move = make_current and expect_current in (SAME_AS_NOW, refs.current)
+        return _commit(root, refs, manifest, contents, move, expect_current)
+
+
+def derive_version(
+    store: Path,
+    name: str,
+    source: str,
+    new_files: dict[str, bytes],
+    precisions: dict[str, PrecisionRecord] | None = None,
+    new_graphs: bool = False,
+) -> tuple[Publication, Manifest]:
+    """A new version with `source`'s files (each read and checked), `new_files` and the given
+    precision records added; it becomes CURRENT if CURRENT names `source`. How a version gains
+    files or measurements without changing a published one. With `new_graphs`, `new_files` are
+    all its graphs: the source's graphs and what was measured on them are not carried."""
+    with locked(store, name) as root:
+        stored = open_version(store, name, source)
+        refs = read_refs(root)
+        carried = stored.manifest.precisions if not new_graphs else {}
+        manifest = replace(
+            stored.manifest,
+            files={},
+            precisions={**carried, **(precisions or {})},
+            provenance={**stored.manifest.provenance, "derived_from": source},
+        )
+        old = [k for k in stored.manifest.files if not (new_graphs and k.startswith(GRAPH_DIR))]
+        contents = {k: stored.read(k) for k in old if k not in new_files}
+        contents.update(new_files)
+        return _commit(root, refs, manifest, contents, refs.current == source, source), manifest
+
+
+def recompile_version(
+    store: Path, name: str, version: str | None = None
+) -> tuple[Publication, Manifest]:
+    """A version derived from `version` (CURRENT by default) with graphs exported from its
+    weights by this code: how a compiled graph fix or a version without graphs reaches a stored
+    model without retraining. int8 graphs and precision records are not carried (measure them
+    again on the new graphs)."""
+    from .artifact import load_model
+    from .graphs import export_graphs
+
+    stored = open_version(store, name, version)
+    graphs = export_graphs(load_model(stored))
+    return derive_version(store, name, stored.folder.name, graphs, new_graphs=True)
+
+
+def _commit(
+    root: Path,
+    refs: Refs,
+    manifest: Manifest,
+    contents: dict[str, bytes],
+    move: bool,
+    expected: str | None,
+) -> Publication:
+    """Assemble the version in a hidden folder, list it, rename it into place, then (if `move`)
+    make it CURRENT: a crash between any two steps leaves the record valid (lock held)."""
+    taken = {int(v[1:]) for v in refs.versions} | {int(p.name[1:]) for p in version_folders(root)}
+    manifest.version = f"v{max(taken, default=0) + 1}"
+    manifest.files = {k: file_entry(v) for k, v in sorted(contents.items())}
+    raw = manifest.to_bytes()
     with _staging(root, ".publish-") as tmp:
-        while True:
-            existing = list_versions(store, manifest.name)
-            number = int(existing[-1][1:]) + 1 if existing else 1
-            manifest.version = f"v{number}"
-            write_artifact(tmp, model, manifest)
-            if graphs:
-                from .graphs import add_graphs  # the ONNX exporter, only when asked for
-
-                manifest.files = add_graphs(tmp).files
-            if extra_files:
-                manifest.files = add_files(tmp, manifest, extra_files).files
-            try:
-                os.rename(tmp, root / manifest.version)  # fails if a concurrent publish took it
-                break
-            except OSError:
-                if not (root / manifest.version).exists():
-                    raise
-        fsync_dir(root)
-    if make_current:
-        set_current(store, manifest.name, manifest.version)
-    return manifest.version
+        for key, data in contents.items():
+            files.write_file(tmp / files.check_key(key), data)
+        files.write_file(tmp / MANIFEST, raw)
+        refs.versions[manifest.version] = file_entry(raw)["sha256"]
+        write_refs(root, refs)
+        files.rename(tmp, root / manifest.version)
+    if move:
+        refs.previous, refs.current = refs.current, manifest.version
+        write_refs(root, refs)
+        return Publication(manifest.version, manifest.version)
+    note = ""
+    if expected not in (SAME_AS_NOW, None) and refs.current != expected:
+        note = (
+            f"CURRENT moved from {expected} to {refs.current} while this ran, so it was left at "
+            f"{refs.current}; `python -m model_store set-current {manifest.version}` to serve "
+            f"{manifest.version}"
+        )
+        log.warning("publish_not_current version=%s %s", manifest.version, note)
+    return Publication(manifest.version, refs.current, note)
 
 
-def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list[str], list[str]]:
+def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list[str]]:
     """Copy the versions of `name` that `store` lacks from `source` (a read-only store, such as
-    the one baked into an image); point CURRENT at source's CURRENT only if `store` has none.
-
-    A version the store has already is kept as it is, with one exception: if source's copy is
-    the store's plus new files and measurement records only (what `add_files` adds, e.g. int8
-    graphs or a bf16 accuracy record measured for a newer image), those are added, each file
-    SHA-256 checked. Any other difference is a clash: the store's version is kept. Each copy is
-    verified in a hidden temp folder before it is renamed into place, so a crash mid-copy leaves
-    no half version. Returns (added, extended, clashes)."""
-    root = Path(store) / _check_name("model name", name)
-    offered = list_versions(source, name)
-    added, extended, clashes = [], [], []
-    for version in offered:
-        origin = Path(source) / name / version
-        if (root / version).exists():
-            held, offer = read_manifest(root / version), read_manifest(origin)
-            if held.to_json() == offer.to_json():
+    the one baked into an image), each file checked as it is read; point CURRENT at source's
+    CURRENT only if `store` has none. A version both hold with different manifests is a clash:
+    the store's is kept. Returns (added, clashes)."""
+    source_root = model_root(source, name)
+    offered = read_refs(source_root)
+    added, clashes = [], []
+    with locked(store, name) as root:
+        refs = read_refs(root) if (root / REFS).exists() else Refs()
+        for version, digest in offered.versions.items():
+            if version in refs.versions:
+                if refs.versions[version] != digest:
+                    clashes.append(version)
                 continue
-            if _only_adds(held, offer):
-                _extend(root / version, held, offer, origin)
-                extended.append(version)
-            else:
-                clashes.append(version)
-            continue
-        with _staging(root, ".seed-") as tmp:
-            shutil.copytree(origin, tmp, dirs_exist_ok=True)
-            tmp.chmod(0o755)  # copytree gave it the source folder's mode (read-only in an image)
-            try:
-                verify_files(tmp, read_manifest(tmp))
-            except ArtifactError as exc:
-                raise ArtifactError(
-                    f"{origin}: not copied, its copy fails to verify: {exc}"
-                ) from exc
-            os.rename(tmp, root / version)
-        added.append(version)
-    fsync_dir(root)
-    if offered and not (root / CURRENT).exists():
-        set_current(store, name, current_version(source, name))
-    return added, extended, clashes
-
-
-def _only_adds(held: Manifest, offer: Manifest) -> bool:
-    """Whether `offer` is `held` plus files and `training` records, nothing changed or removed."""
-    rest = [replace(m, files={}, training={}).to_json() for m in (held, offer)]
-    kept_files = all(offer.files.get(k) == v for k, v in held.files.items())
-    kept_records = all(offer.training.get(k) == v for k, v in held.training.items())
-    return rest[0] == rest[1] and kept_files and kept_records
-
-
-def _extend(folder: Path, held: Manifest, offer: Manifest, origin: Path) -> None:
-    """Add offer's new files and records to the store's version (add_files: each file written
-    atomically, the manifest replaced last), then check the result is exactly offer's."""
-    new = {k: (origin / k).read_bytes() for k in offer.files if k not in held.files}
-    add_files(folder, replace(held, training=dict(offer.training)), new)
-    if read_manifest(folder).to_json() != offer.to_json():
-        raise ArtifactError(f"{folder}: extending it from {origin} gave different files")
-    verify_files(folder, offer)
+            manifest, raw = read_manifest_bytes(source_root, version, offered)
+            stored = StoredVersion(source_root / version, manifest)
+            with _staging(root, ".seed-") as tmp:
+                for key in manifest.files:
+                    files.write_file(tmp / key, stored.read(key))
+                files.write_file(tmp / MANIFEST, raw)
+                refs.versions[version] = digest
+                write_refs(root, refs)
+                files.rename(tmp, root / version)
+            added.append(version)
+        if refs.current is None and offered.current is not None:
+            refs.current = offered.current
+            write_refs(root, refs)
+    return added, clashes
 
 
 @contextmanager
 def _staging(root: Path, prefix: str) -> Iterator[Path]:
-    """A hidden temp folder inside `root` where a version is assembled before it is renamed into
-    place; removed if it is still there afterwards (the version never appeared)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
+    """A hidden folder where a version is assembled; removed if it did not become one."""
+    tmp = files.make_staging(root, prefix)
     try:
         yield tmp
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
-
-
-def version_path(store: Path, name: str, version: str | None = None) -> Path:
-    """Folder of a version (CURRENT when none is given)."""
-    version = current_version(store, name) if version is None else _check_name("version", version)
-    path = Path(store) / _check_name("model name", name) / version
-    if not path.is_dir():
-        raise ArtifactError(f"{path}: no such version; known: {list_versions(store, name)}")
-    return path
-
-
-def load_version(
-    store: Path, name: str, version: str | None = None
-) -> tuple[Manifest, MultiDomainResNet]:
-    """Resolve, verify and load a version (CURRENT by default), in eval mode on CPU."""
-    from .artifact import read_artifact
-
-    return read_artifact(version_path(store, name, version))
+            files.discard(tmp)

@@ -61,8 +61,8 @@ def load_model(settings: Settings) -> Served:
         sys.exit(
             f"bap-serve: cannot serve model {settings.model!r} from store {settings.store}: {exc}\n"
             "Fix: build the bundled model with `make embedded`, or point --store / BAP_STORE and "
-            "--model / BAP_MODEL at a store holding a published version, or point the model's "
-            "CURRENT file at a good version."
+            "--model / BAP_MODEL at a store holding a published version, or make a good version "
+            "CURRENT (`python -m model_store rollback` or `set-current VERSION`)."
         )
 
 

@@ -221,13 +221,13 @@ async def classify_batch(call: Call, request: Request) -> BatchResponse:
 async def domains(served: ServedDep) -> DomainsResponse:
     """Every domain with its labels and measured cost, and the model's budget and totals."""
     m = served.manifest
-    measured = {p: m.training.get(p, {}).get("domains", {}) for p in ("int8", "bf16")}
+    measured = {p: r.accuracy for p, r in m.precisions.items()}
     infos = [
         DomainInfo(
             name=d.name,
             labels=list(d.labels),
-            accuracy_int8=measured["int8"].get(d.name, {}).get("accuracy_int8"),
-            accuracy_bf16=measured["bf16"].get(d.name, {}).get("accuracy_bf16"),
+            accuracy_int8=measured.get("int8", {}).get(d.name),
+            accuracy_bf16=measured.get("bf16", {}).get(d.name),
             **vars(m.domains[d.name]),
         )
         for d in m.spec.domains

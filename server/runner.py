@@ -25,11 +25,10 @@ from model_store import (
     MIXED_KEY,
     ArtifactError,
     Manifest,
+    StoredVersion,
     filter_map,
+    open_version,
     preprocess_bytes,
-    read_manifest,
-    verify_files,
-    version_path,
 )
 
 from .batching import Batch
@@ -91,47 +90,55 @@ def default_threads(runtime: str) -> int:
 
 
 def load_runtime(
-    folder: Path, runtime: str, threads: int | None, precision: str = "fp32"
-) -> tuple[Manifest, Runtime]:
-    """The verified manifest and the runtime for a version folder. ONNX Runtime needs only the
-    manifest and the graphs (every listed file's SHA-256 checked, weights included): torch is
+    stored: StoredVersion, runtime: str, threads: int | None, precision: str = "fp32"
+) -> Runtime:
+    """The runtime for a version whose manifest the store's record vouched for. Each file is
+    checked on the bytes the runtime then loads; ONNX Runtime needs only the graphs, so torch is
     imported only when the torch modules run. int8 exists only as graphs."""
-    manifest = read_manifest(folder)
+    manifest = stored.manifest
     if runtime == "openvino":
-        verify_files(folder, manifest)
         threads = threads or default_threads(runtime)
-        return manifest, _openvino(folder, manifest, threads, precision)
+        return _openvino(stored, threads, precision)
     onnx = runtime == "onnx" or (runtime == "auto" and MIXED_KEY in manifest.files)
     if precision != "fp32" and not onnx:
         raise ArtifactError(
-            f"{folder}: {precision} runs only as compiled graphs; this version is served by "
-            f"torch (runtime {runtime!r}): use runtime onnx or auto with exported graphs"
+            f"{stored.folder}: {precision} runs only as compiled graphs; this version is served "
+            f"by torch (runtime {runtime!r}): use runtime onnx or auto with exported graphs"
         )
     if onnx:
-        verify_files(folder, manifest)
+        _require_measured(stored, precision)
         from model_store import OnnxGraphs
 
-        return manifest, OnnxGraphs(folder, manifest, threads or default_threads("onnx"), precision)
+        return OnnxGraphs(stored, threads or default_threads("onnx"), precision)
     try:
-        from model_store import TorchRuntime, read_artifact
+        from model_store import TorchRuntime, load_model
     except ImportError as exc:  # the server-only install (the Docker image) has no torch
         raise ArtifactError(
-            f"{folder}: has no compiled graphs and this install has no torch ({exc}); export them "
-            f"with `python -m model_store export-graphs {manifest.version}` with torch installed"
+            f"{stored.folder}: has no compiled graphs and this install has no torch ({exc}); "
+            f"export them with `python -m model_store export-graphs {manifest.version}` with "
+            "torch installed"
         ) from exc
-    manifest, model = read_artifact(folder)
-    return manifest, TorchRuntime(model, threads)
+    return TorchRuntime(load_model(stored), threads)
 
 
-def _openvino(folder: Path, manifest: Manifest, threads: int, precision: str) -> Runtime:
-    """OpenVINO on the version's graphs; bf16 only once each domain's accuracy is on record."""
-    measured = manifest.training.get(precision, {}).get("domains", {})
-    if precision != "fp32" and set(measured) != set(manifest.spec.domain_names):
+def _require_measured(stored: StoredVersion, precision: str) -> None:
+    """A precision other than fp32 is served only with each domain's accuracy on record."""
+    if precision == "fp32":
+        return
+    record = stored.manifest.precisions.get(precision)
+    missing = set(stored.manifest.spec.domain_names) - set(record.accuracy if record else {})
+    if missing:
+        command = "quantize" if precision == "int8" else f"measure-{precision}"
         raise ArtifactError(
-            f"{folder}: no measured {precision} accuracy for every domain in the manifest; "
-            f"measure it on the test sets first: "
-            f"`python -m training measure-{precision} --version {manifest.version}`"
+            f"{stored.folder}: no measured {precision} accuracy for {sorted(missing)} in the "
+            f"manifest; measure it on the test sets first: "
+            f"`python -m training {command} --version {stored.manifest.version}`"
         )
+
+
+def _openvino(stored: StoredVersion, threads: int, precision: str) -> Runtime:
+    """OpenVINO on the version's graphs; bf16 only once each domain's accuracy is on record."""
+    _require_measured(stored, precision)
     try:
         from model_store import OpenVinoGraphs
     except ImportError as exc:
@@ -139,7 +146,7 @@ def _openvino(folder: Path, manifest: Manifest, threads: int, precision: str) ->
             f"runtime openvino: OpenVINO is not installed ({exc}); `pip install .[openvino]`, "
             "or build the image with --build-arg BAP_EXTRAS=openvino"
         ) from exc
-    return OpenVinoGraphs(folder, manifest, threads, precision)
+    return OpenVinoGraphs(stored, threads, precision)
 
 
 def setup(
@@ -151,9 +158,9 @@ def setup(
 ) -> Served:
     """Load CURRENT (sha256-verified, graphs included), build the runtime, warm every path."""
     started = time.monotonic()
-    folder = version_path(store, name)
-    manifest, graphs = load_runtime(folder, runtime, threads, precision)
-    served = Served(manifest, graphs, filter_map(folder, manifest))
+    stored = open_version(store, name)
+    runner = load_runtime(stored, runtime, threads, precision)
+    served = Served(stored.manifest, runner, filter_map(stored))
     warm_up(served)
     served.load_seconds = time.monotonic() - started
     return served

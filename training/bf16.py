@@ -1,5 +1,6 @@
 """bf16 through OpenVINO for a published version: its accuracy measured on the full test sets and
-recorded in the manifest (`training.bf16`), the condition for serving it in bf16.
+recorded in a version derived from the measured one (`precisions["bf16"]`), the condition for
+serving it in bf16.
 
 bf16 needs no new files: OpenVINO computes the version's own fp32 graphs with bf16 inference
 precision. What it costs in accuracy is a property of those graphs and of OpenVINO's kernels, so
@@ -13,7 +14,6 @@ import logging
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import openvino as ov
@@ -21,16 +21,16 @@ from torch import Tensor
 
 from model_store import (
     Manifest,
-    add_files,
+    PrecisionRecord,
+    Publication,
     compile_graph,
+    derive_version,
     domain_key,
-    read_artifact,
-    version_path,
+    open_version,
 )
 
-from .config import TrainConfig
 from .evaluate import split_accuracy
-from .sources import load_domain
+from .stored_data import stored_domains
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +50,31 @@ def _logits(request: ov.InferRequest) -> Callable[[Tensor], np.ndarray]:
     return lambda x: request.infer({"x": x.numpy()})[0]
 
 
-def measure_bf16(store: Path, name: str, version: str | None = None) -> Manifest:
-    """Record each domain's test accuracy through OpenVINO in fp32 and bf16; returns the
-    updated manifest (refused, with the reason, on a CPU without native bf16)."""
-    folder = version_path(store, name, version)
-    manifest, _ = read_artifact(folder)  # verifies every listed file, graphs included
-    config = TrainConfig.from_record(manifest.training["config"])
+def measure_bf16(
+    store: Path, name: str, version: str | None = None
+) -> tuple[Publication, Manifest]:
+    """A version derived from `version` (CURRENT by default) with each domain's test accuracy
+    through OpenVINO in fp32 and bf16 on record (refused, with the reason, on a CPU without
+    native bf16)."""
+    stored = open_version(store, name, version)
     core = ov.Core()
-    record: dict[str, Any] = {
-        "runtime": f"openvino {ov.get_version()}",
-        "cpu": cpu_name(),
-        "domains": {},
-    }
-    for index, entry in enumerate(config.domains):
-        data = load_domain(entry, config.resize, config.crop)
-        pre = manifest.spec.domains[index].preprocess
-        graph = folder / domain_key(data.name)
-        accuracy = {}
+    accuracy: dict[str, dict[str, float]] = {"fp32": {}, "bf16": {}}
+    measured = {}
+    for _, spec, data in stored_domains(stored.manifest):
+        key = domain_key(spec.name)
+        graph, path = stored.read(key), stored.folder / key
+        measured[key] = stored.manifest.files[key]["sha256"]
         for precision in ("fp32", "bf16"):
-            request = compile_graph(core, graph, None, precision).create_infer_request()
-            accuracy[f"accuracy_{precision}"] = round(
-                split_accuracy(_logits(request), data, pre), 6
+            request = compile_graph(core, graph, path, None, precision).create_infer_request()
+            accuracy[precision][spec.name] = round(
+                split_accuracy(_logits(request), data, spec.preprocess), 6
             )
-        record["domains"][data.name] = accuracy
-        log.info("bf16 domain=%s %s", data.name, accuracy)
-    manifest.training["bf16"] = record
-    return add_files(folder, manifest, {})
+        log.info("bf16 domain=%s %s", spec.name, {p: a[spec.name] for p, a in accuracy.items()})
+    record = PrecisionRecord(
+        runtime=f"openvino {ov.get_version()}",
+        cpu=cpu_name(),
+        files=measured,
+        accuracy_fp32=accuracy["fp32"],
+        accuracy=accuracy["bf16"],
+    )
+    return derive_version(store, name, stored.folder.name, {}, {"bf16": record})

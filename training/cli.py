@@ -14,10 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from model_store import (
     ArtifactError,
+    Manifest,
+    Publication,
     list_versions,
     load_version,
+    one_line,
     read_artifact,
     single_domain_parameters,
     version_path,
@@ -30,7 +35,8 @@ from .domains import AddDomainSettings, add_domain, remove_domain
 from .evaluate import accuracy, model_totals, results_table
 from .publish import publish_result
 from .report import Report, plot, render_markdown
-from .sources import SourceError, load_domain
+from .sources import SourceError
+from .stored_data import stored_domains
 from .trainer import train
 
 log = logging.getLogger("training")
@@ -79,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from its checkpoint"
     )
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     t.add_argument(
         "--force",
         action="store_true",
@@ -151,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--resume", action="store_true", help="continue the report in --work-dir where it stopped"
     )
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
     q = sub.add_parser(
         "quantize", help="add int8 graphs to a version, their accuracy measured on the test sets"
@@ -256,10 +262,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not ranks.main:
         return 0
     config = TrainConfig.load(run_dir / "config.json")  # what ran, resumed or not
+    log.info(
+        "evaluating %d domains on their test sets, then exporting and publishing to %s",
+        len(result.data),
+        args.store / config.name,
+    )
     manifest, _ = publish_result(config, result, args.store, force=args.force)
     mark_published(run_dir, args.store / manifest.name / manifest.version)
     _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
-    _print(_totals_line(manifest.totals))
+    _print(_totals_line(manifest.totals, len(manifest.domains)))
     _print(f"published {args.store / manifest.name / manifest.version}")
     return 0
 
@@ -311,11 +322,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     manifest, model = load_version(args.store, _name(args), args.version)
-    config = TrainConfig.from_record(manifest.training["config"])
-    measured = {}
-    for entry in config.domains:
-        data = load_domain(entry, config.resize, config.crop)
-        measured[data.name] = accuracy(model, data, config.eval_batch_size)
+    batch = manifest.training.get("config", {}).get("eval_batch_size", TrainConfig.eval_batch_size)
+    measured = {
+        spec.name: accuracy(model, data, batch) for _, spec, data in stored_domains(manifest)
+    }
     if args.json:
         _print(json.dumps({"version": manifest.version, "accuracy": measured}, indent=2))
         return 0
@@ -330,30 +340,40 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     if args.calibration_images < 1:
         raise ValueError("--calibration-images must be at least 1")
-    manifest = quantize_version(args.store, _name(args), args.version, args.calibration_images)
-    rows = manifest.training["int8"]["domains"]
-    _print(
-        f"{manifest.name} {manifest.version}: int8 graphs added; test accuracy fp32 -> int8: "
-        + ", ".join(
-            f"{d} {r['accuracy_fp32']:.4f} -> {r['accuracy_int8']:.4f}" for d, r in rows.items()
-        )
+    publication, manifest = quantize_version(
+        args.store, _name(args), args.version, args.calibration_images
     )
+    _print(_derived_line(publication, manifest, "int8", "int8 graphs"))
     return 0
 
 
 def cmd_measure_bf16(args: argparse.Namespace) -> int:
     from .bf16 import measure_bf16  # OpenVINO (the openvino extra), only for this command
 
-    manifest = measure_bf16(args.store, _name(args), args.version)
-    rows = manifest.training["bf16"]["domains"]
-    _print(
-        f"{manifest.name} {manifest.version}: bf16 accuracy recorded; test accuracy through "
-        "OpenVINO fp32 -> bf16: "
-        + ", ".join(
-            f"{d} {r['accuracy_fp32']:.4f} -> {r['accuracy_bf16']:.4f}" for d, r in rows.items()
-        )
-    )
+    publication, manifest = measure_bf16(args.store, _name(args), args.version)
+    _print(_derived_line(publication, manifest, "bf16", "bf16 accuracy (OpenVINO)"))
     return 0
+
+
+def _derived_line(publication: Publication, manifest: Manifest, precision: str, what: str) -> str:
+    """What a measuring command published, the figures, and where CURRENT stands."""
+    record = manifest.precisions[precision]
+    figures = ", ".join(
+        f"{d} {record.accuracy_fp32[d]:.4f} -> {acc:.4f}" for d, acc in record.accuracy.items()
+    )
+    return (
+        f"{manifest.name} {publication.version}: {manifest.provenance['derived_from']} + {what}; "
+        f"test accuracy fp32 -> {precision}: {figures}; {_current_note(publication)}"
+    )
+
+
+def _current_note(publication: Publication) -> str:
+    if publication.current == publication.version:
+        return f"CURRENT = {publication.version} (reload the server to serve it)"
+    return publication.note or (
+        f"CURRENT stays {publication.current}; `python -m model_store set-current "
+        f"{publication.version}` to serve it"
+    )
 
 
 def cmd_add_domain(args: argparse.Namespace) -> int:
@@ -366,7 +386,7 @@ def cmd_add_domain(args: argparse.Namespace) -> int:
         raise ValueError("give --source (and --root where the source reads a folder) or --config")
     entry["name"] = args.domain
     settings = AddDomainSettings(epochs=args.epochs, recovery_epochs=args.recovery_epochs)
-    manifest = add_domain(
+    manifest, publication = add_domain(
         args.store,
         _name(args),
         entry,
@@ -386,25 +406,27 @@ def cmd_add_domain(args: argparse.Namespace) -> int:
             f"{added.accuracy:.4f}, cost {added.cost_fraction:.3f}; the stored model grew by "
             f"{sum(g['filters_added'])} filters, {after - before:,} parameters "
             f"({4 * (after - before):,} bytes at fp32): {before:,} -> {after:,}; old domains' "
-            f"MACs unchanged, outputs within {g['old_domains_max_abs_diff']:.2g}"
+            f"MACs unchanged, outputs within {g['old_domains_max_abs_diff']:.2g}; "
+            f"{_current_note(publication)}"
         )
         return 0
     _print(
         f"published {manifest.name} {manifest.version}: +{args.domain} accuracy "
         f"{added.accuracy:.4f}, cost {added.cost_fraction:.3f} of the single-domain network "
         f"(budget {record['budget']}), in {record['seconds']} s; every old domain bit-identical "
-        f"to {record['from']}"
+        f"to {record['from']}; {_current_note(publication)}"
     )
     return 0
 
 
 def cmd_remove_domain(args: argparse.Namespace) -> int:
-    manifest = remove_domain(args.store, _name(args), args.domain, args.from_version)
+    manifest, publication = remove_domain(args.store, _name(args), args.domain, args.from_version)
     record = manifest.training["remove_domain"]
     _print(
         f"published {manifest.name} {manifest.version}: -{args.domain}, "
         f"{record['filters_removed']} filters only it used removed; the others' outputs within "
-        f"{record['remaining_max_abs_diff']:.2g} of {record['from']}"
+        f"{record['remaining_max_abs_diff']:.2g} of {record['from']}; "
+        f"{_current_note(publication)}"
     )
     return 0
 
@@ -425,7 +447,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"kept filters per block {list(spec.mid_channels or [])}"
     )
     _print(results_table(manifest.domains, manifest.budget, manifest.budget_unit))
-    _print(_totals_line(model_totals(model)))
+    _print(_totals_line(model_totals(model), len(manifest.domains)))
     _print(f"provenance {json.dumps(manifest.provenance)}")
     return 0
 
@@ -436,12 +458,12 @@ def _name(args: argparse.Namespace) -> str:
     return args.name
 
 
-def _totals_line(totals: dict[str, float]) -> str:
+def _totals_line(totals: dict[str, float], domains: int) -> str:
     return (
         f"stored parameters {int(totals['parameters']):,} = "
         f"{totals['parameters_vs_single_domain']:.3f} x one single-domain ResNet-26, "
         f"{totals['parameters_vs_independent']:.3f} x "
-        f"{int(totals['independent_parameters']):,} for N independent models"
+        f"{int(totals['independent_parameters']):,} for {domains} independent models"
     )
 
 
@@ -467,8 +489,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    if not args.verbose:  # our own lines (what loaded, each phase and domain) unless --quiet
+        log.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
-        return COMMANDS[args.command](args)
-    except (ValueError, ArtifactError, SourceError, FileNotFoundError, FileExistsError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        with logging_redirect_tqdm():  # log lines print above the progress bars, not through them
+            return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader left (`... | head`): stop writing, without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ValueError, ArtifactError, SourceError, OSError) as exc:
+        sys.stderr.write(f"error: {args.command}: {one_line(exc)}\n")
         return 2

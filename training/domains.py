@@ -22,20 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load
 from tqdm import tqdm
 
 from model_store import (
     Manifest,
     MultiDomainResNet,
+    Publication,
     build_model,
     cost_fraction,
+    current_version,
+    export_graphs,
     filter_costs,
     load_version,
+    open_version,
     publish_version,
-    records_for_new_graphs,
     slice_network,
-    version_path,
 )
 
 from .data import DomainData, train_batch
@@ -208,23 +210,25 @@ def add_domain(
     settings: AddDomainSettings | None = None,
     grow: bool = False,
     backbone: Path | None = None,
-) -> Manifest:
+) -> tuple[Manifest, Publication]:
     """Train `entry` (a source config with a `name`) onto a published version; publish. With
     `grow` the new domain may also use filters pruning removed (from the unpruned backbone kept
     beside the version, or `backbone`); the stored model then grows by those filters."""
     s = settings or AddDomainSettings()
     started = time.monotonic()
+    current = current_version(store, name)
     manifest, pruned = load_version(store, name, from_version)
-    old = pruned
+    old, kept = pruned, _kept_backbone(store, name, manifest)
     if grow:
-        path = backbone or version_path(store, name, manifest.version) / BACKBONE
-        if not Path(path).is_file():
+        if backbone is not None:
+            kept = {BACKBONE: Path(backbone).read_bytes()}
+        if not kept:
             raise ValueError(
-                f"--grow needs the unpruned backbone: {path} is missing (versions published "
-                "before it was kept have none); pass --backbone PATH, e.g. a run's "
-                "pretrained.safetensors"
+                f"--grow needs the unpruned backbone: {name} {manifest.version} keeps none "
+                "(versions published before it was kept have none); pass --backbone PATH, e.g. "
+                "a run's pretrained.safetensors"
             )
-        old = expand(pruned, load_file(str(path)))
+        old = expand(pruned, load(kept[BACKBONE]))
         _outputs_close(pruned, old)
     if entry.get("name") in manifest.spec.domain_names:
         raise ValueError(f"domain {entry['name']!r} is already in {name} {manifest.version}")
@@ -277,7 +281,7 @@ def add_domain(
         domains={**manifest.domains, data.name: metrics[data.name]},
         totals=model_totals(model),
         training={
-            **records_for_new_graphs(manifest.training),  # its graphs are new
+            **manifest.training,
             "add_domain": {
                 "from": manifest.version,
                 "domain": entry,
@@ -290,15 +294,18 @@ def add_domain(
             },
         },
         provenance=provenance(),
+        sources={**manifest.sources, data.name: entry},
     )
-    carried = {BACKBONE: Path(path).read_bytes()} if grow else _kept_backbone(store, name, manifest)
-    publish_version(store, model, new, graphs=True, extra_files=carried)
+    publication = _publish(store, model, new, kept, current)
     log.info("added domain=%s version=%s accuracy=%.4f", data.name, new.version, acc)
-    return new
+    return new, publication
 
 
-def remove_domain(store: Path, name: str, domain: str, from_version: str | None = None) -> Manifest:
+def remove_domain(
+    store: Path, name: str, domain: str, from_version: str | None = None
+) -> tuple[Manifest, Publication]:
     """Publish the version without `domain` and without the filters only it used."""
+    current = current_version(store, name)
     manifest, old = load_version(store, name, from_version)
     names = list(manifest.spec.domain_names)
     if domain not in names:
@@ -317,7 +324,7 @@ def remove_domain(store: Path, name: str, domain: str, from_version: str | None 
         domains={n: m for n, m in manifest.domains.items() if n != domain},
         totals=model_totals(new),
         training={
-            **records_for_new_graphs(manifest.training),  # its graphs are new
+            **manifest.training,
             "remove_domain": {
                 "from": manifest.version,
                 "domain": domain,
@@ -327,9 +334,19 @@ def remove_domain(store: Path, name: str, domain: str, from_version: str | None 
             },
         },
         provenance=provenance(),
+        sources={n: e for n, e in manifest.sources.items() if n != domain},
     )
-    publish_version(store, new, out, graphs=True, extra_files=_kept_backbone(store, name, manifest))
-    return out
+    return out, _publish(store, new, out, _kept_backbone(store, name, manifest), current)
+
+
+def _publish(
+    store: Path, model: MultiDomainResNet, manifest: Manifest, files: dict[str, bytes], current: str
+) -> Publication:
+    """Publish with fresh graphs (int8 graphs and precision records are not carried: they were
+    measured on the old graphs); CURRENT moves only if it still names what it named when the
+    command started."""
+    files = {**export_graphs(model), **files}
+    return publish_version(store, model, manifest, extra_files=files, expect_current=current)
 
 
 def _kept_backbone(store: Path, name: str, manifest: Manifest) -> dict[str, bytes]:
@@ -337,4 +354,4 @@ def _kept_backbone(store: Path, name: str, manifest: Manifest) -> dict[str, byte
     domain never changes them, and a later `--grow` needs them."""
     if BACKBONE not in manifest.files:
         return {}
-    return {BACKBONE: (version_path(store, name, manifest.version) / BACKBONE).read_bytes()}
+    return {BACKBONE: open_version(store, name, manifest.version).read(BACKBONE)}

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from model_store import Manifest, MultiDomainResNet, publish_version
+from model_store import Manifest, MultiDomainResNet, export_graphs, publish_version
 
 from .config import TrainConfig
 from .data import DomainData, eval_batches
@@ -80,6 +80,7 @@ def build_manifest(
         totals=model_totals(pruned),
         training={"config": config.to_dict()},
         provenance=provenance(),
+        sources={d.name: entry for d, entry in zip(data, config.domains, strict=True)},
     )
 
 
@@ -141,6 +142,9 @@ def publish_result(
         )
     # the server runs the graphs; the unpruned shared convs let add-domain --grow use filters
     # that pruning removed
-    publish_version(store, pruned, manifest, graphs=True, extra_files={BACKBONE: backbone(trained)})
+    files = {**export_graphs(pruned), BACKBONE: backbone(trained)}
+    publication = publish_version(store, pruned, manifest, extra_files=files)
     log.info("published store=%s name=%s version=%s", store, manifest.name, manifest.version)
+    if publication.note:
+        log.warning("%s", publication.note)
     return manifest, pruned

@@ -278,9 +278,9 @@ def test_bundled_model_is_there_to_seed_the_store() -> None:
     # The entrypoint seeds /store from model_store/bundled and the server serves BAP_MODEL
     # from it; without a committed bundled model (`make embedded`) the image serves nothing.
     model = dockerfile_env(dockerfile_stages()[-1])["BAP_MODEL"]
-    current = ROOT / "model_store" / "bundled" / model / "CURRENT"
-    assert current.is_file(), f"{current.relative_to(ROOT)} missing: run `make embedded`, commit it"
-    assert not ignored(str(current.relative_to(ROOT)))
+    record = ROOT / "model_store" / "bundled" / model / "REFS.json"
+    assert record.is_file(), f"{record.relative_to(ROOT)} missing: run `make embedded`, commit it"
+    assert not ignored(str(record.relative_to(ROOT)))
 
 
 def test_entrypoint_seeds_an_empty_store_then_becomes_the_server(tmp_path: Path) -> None:

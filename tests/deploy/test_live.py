@@ -169,7 +169,7 @@ def publish(store: Path, seed: int) -> str:
             "baseline_macs": baseline_cost(spec, "macs", 0),
         },
     )
-    return publish_version(store, model, manifest)
+    return publish_version(store, model, manifest).version
 
 
 def png(seed: int) -> bytes:

@@ -23,6 +23,7 @@ from model_store import (
 )
 from model_store.artifact import WEIGHTS
 from tests.conftest import randomize, tiny_spec
+from tests.model_store.store_tools import leftovers, record_digest, republish_manifest
 
 
 def _manifest(model, name: str = "tiny") -> Manifest:
@@ -39,7 +40,7 @@ def _manifest(model, name: str = "tiny") -> Manifest:
 @pytest.fixture
 def published(tmp_path: Path):
     model = prune_to_union(randomize(build_model(tiny_spec()), 0.5))
-    version = publish_version(tmp_path, model, _manifest(model))
+    version = publish_version(tmp_path, model, _manifest(model)).version
     return tmp_path, model, version
 
 
@@ -88,10 +89,7 @@ def test_missing_weights_are_refused(published) -> None:
 )
 def test_bad_manifest_is_refused(published, edit, message: str) -> None:
     store, _, version = published
-    path = store / "tiny" / version / "manifest.json"
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
+    republish_manifest(store, "tiny", version, edit)
     with pytest.raises(ArtifactError, match=message):
         load_version(store, "tiny")
 
@@ -100,6 +98,7 @@ def test_manifest_that_is_not_json_names_the_file(published) -> None:
     store, _, version = published
     path = store / "tiny" / version / "manifest.json"
     path.write_text("{not json")
+    record_digest(store, "tiny", version, path.read_bytes())
     with pytest.raises(ArtifactError, match="manifest.json: not valid JSON"):
         load_version(store, "tiny")
 
@@ -111,35 +110,36 @@ def test_weights_of_another_shape_are_refused(published, tmp_path: Path) -> None
     src = tmp_path / "o" / "tiny" / "v1"
     folder = store / "tiny" / version
     (folder / WEIGHTS).write_bytes((src / WEIGHTS).read_bytes())
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"] = json.loads((src / "manifest.json").read_text())["files"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    files = json.loads((src / "manifest.json").read_text())["files"]
+    republish_manifest(store, "tiny", version, lambda m: m.update(files=files))
     with pytest.raises(ArtifactError, match="do not fit"):
         load_version(store, "tiny")
 
 
 def test_versions_increment_and_current_moves(published) -> None:
     store, model, _ = published
-    v2 = publish_version(store, model, _manifest(model))
+    v2 = publish_version(store, model, _manifest(model)).version
     assert (v2, list_versions(store, "tiny"), current_version(store, "tiny")) == (
         "v2",
         ["v1", "v2"],
         "v2",
     )
-    v3 = publish_version(store, model, _manifest(model), make_current=False)
+    v3 = publish_version(store, model, _manifest(model), make_current=False).version
     assert current_version(store, "tiny") == "v2"
     set_current(store, "tiny", v3)
     assert current_version(store, "tiny") == "v3"
     with pytest.raises(ArtifactError, match="no such version"):
         set_current(store, "tiny", "v9")
-    assert not [p for p in (store / "tiny").iterdir() if p.name.startswith(".")]
+    assert not leftovers(store, "tiny")
 
 
 def test_concurrent_publishes_get_distinct_versions(published) -> None:
     store, model, _ = published
     got: list[str] = []
     threads = [
-        threading.Thread(target=lambda: got.append(publish_version(store, model, _manifest(model))))
+        threading.Thread(
+            target=lambda: got.append(publish_version(store, model, _manifest(model)).version)
+        )
         for _ in range(4)
     ]
     for t in threads:
@@ -163,13 +163,13 @@ def test_current_is_never_half_written(published, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(OSError, match="simulated"):
         set_current(store, "tiny", "v2")
     assert current_version(store, "tiny") == "v1"
-    assert sorted(p.name for p in (store / "tiny").iterdir()) == ["CURRENT", "v1", "v2"]
+    assert sorted(p.name for p in (store / "tiny").iterdir()) == [".lock", "REFS.json", "v1", "v2"]
 
 
 def test_missing_store_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="publish a version first"):
         version_path(tmp_path, "nothing")
-    with pytest.raises(ValueError, match="must be"):
+    with pytest.raises(ArtifactError, match="not a model name"):
         version_path(tmp_path, "../etc")
 
 
@@ -178,5 +178,5 @@ def test_published_files_are_readable_by_other_users(published) -> None:
     store, _, version = published
     folder = store / "tiny" / version
     assert folder.stat().st_mode & 0o005 == 0o005
-    assert (store / "tiny" / "CURRENT").stat().st_mode & 0o004
+    assert (store / "tiny" / "REFS.json").stat().st_mode & 0o004
     assert all(p.stat().st_mode & 0o004 for p in folder.iterdir())

@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 
 from model_store import (
-    add_files,
     build_model,
     current_version,
+    derive_version,
     list_versions,
+    open_version,
     prune_to_union,
-    read_manifest,
+    publish_version,
 )
 from model_store.artifact import WEIGHTS
 from model_store.cli import main
-from model_store.versions import publish_version
 from tests.conftest import randomize, tiny_spec
+from tests.model_store.store_tools import leftovers, republish_manifest
 from tests.model_store.test_artifact import _manifest
 
 
@@ -102,35 +103,23 @@ def test_seed_copies_only_missing_versions_and_never_moves_current(
     publish_version(store, model, _manifest(model))  # a newer image brings v5
     code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
     assert code == 0 and "seeded ['v5']" in out and current_version(volume, "tiny") == "v2"
-    assert not [p for p in (volume / "tiny").iterdir() if p.name.startswith(".")]
+    assert not leftovers(volume, "tiny")
 
 
-def test_seed_adds_a_newer_images_files_and_measurements_to_a_version_it_holds(
+def test_seed_brings_a_newer_images_measurements_as_a_new_version(
     store: Path, tmp_path_factory: pytest.TempPathFactory, capsys
 ) -> None:
-    """A newer image measured more of the same version (int8 graphs, bf16 accuracy): the
-    volume's copy gains exactly that; a version the volume changed itself stays a clash."""
+    """A newer image measured more of v4 (e.g. int8 graphs): that is its v5, derived from v4,
+    and the volume gains it as a new version; a version both hold that differs stays a clash."""
     volume = tmp_path_factory.mktemp("volume")
     cli(volume, "seed", "--from", str(store), capsys=capsys)
-    image_v2 = store / "tiny" / "v2"
-    offer = read_manifest(image_v2)
-    offer.training["bf16"] = {"domains": {"d": {"accuracy_bf16": 0.5}}}
-    add_files(image_v2, offer, {"graphs/extra.bin": b"measured later"})
-    mine = read_manifest(volume / "tiny" / "v3")  # the operator measured something on v3
-    mine.training["note"] = "the volume's own"
-    add_files(volume / "tiny" / "v3", mine, {})
-    store_v3 = read_manifest(store / "tiny" / "v3")
-    store_v3.training["note"] = "the image's"
-    add_files(store / "tiny" / "v3", store_v3, {})
+    derive_version(store, "tiny", "v4", {"graphs/extra.bin": b"measured later"})
+    republish_manifest(volume, "tiny", "v3", lambda m: m["training"].update(note="the volume's"))
     code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
-    assert code == 0 and "new files and measurements to ['v2']" in out
-    assert "kept the store's ['v3']" in out
-    assert read_manifest(volume / "tiny" / "v2").to_json() == read_manifest(image_v2).to_json()
-    assert (volume / "tiny" / "v2" / "graphs" / "extra.bin").read_bytes() == b"measured later"
-    assert cli(volume, "verify", "v2", capsys=capsys)[0] == 0
-    assert read_manifest(volume / "tiny" / "v3").training["note"] == "the volume's own"
-    code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
-    assert code == 0 and "seeded nothing" in out and "new files" not in out  # nothing more
+    assert code == 0 and "seeded ['v5']" in out and "kept the store's ['v3']" in out
+    assert open_version(volume, "tiny", "v5").read("graphs/extra.bin") == b"measured later"
+    assert current_version(volume, "tiny") == "v4"  # the volume's CURRENT never moves
+    assert open_version(volume, "tiny", "v3").manifest.training["note"] == "the volume's"
 
 
 def test_seed_reports_a_clash_and_refuses_a_corrupt_source(
@@ -144,9 +133,12 @@ def test_seed_reports_a_clash_and_refuses_a_corrupt_source(
     code, _, err = cli(volume, "seed", "--from", str(store), capsys=capsys)
     assert code == 1 and "v3" in err
     assert list_versions(volume, "tiny") == ["v1", "v2"]  # copied in order; v3 never appeared
-    assert not [p for p in (volume / "tiny").iterdir() if p.name.startswith(".")]
+    assert not leftovers(volume, "tiny")
     assert (volume / "tiny" / "v1" / WEIGHTS).read_bytes() == before
-    (store / "tiny" / "v3").rename(store / "tiny" / "v3-broken")
+    refs = json.loads((store / "tiny" / "REFS.json").read_text())
+    del refs["versions"]["v3"]  # the image drops its broken v3 (its PREVIOUS)
+    refs["previous"] = None
+    (store / "tiny" / "REFS.json").write_text(json.dumps(refs))
     code, out, _ = cli(volume, "seed", "--from", str(store), capsys=capsys)
     assert (
         code == 0 and "kept the store's ['v1']" in out and current_version(volume, "tiny") == "v1"

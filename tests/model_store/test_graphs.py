@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from model_store import ArtifactError, prune_to_union, publish_version, read_artifact
-from model_store.graphs import add_graphs
-from model_store.onnx_runtime import MIXED_KEY, OnnxGraphs, domain_key
+from model_store import (
+    ArtifactError,
+    export_graphs,
+    open_version,
+    prune_to_union,
+    publish_version,
+    read_artifact,
+)
+from model_store.layout import MIXED_KEY, domain_key
+from model_store.onnx_runtime import OnnxGraphs
 from model_store.openvino_runtime import OpenVinoGraphs
 from tests.model_store.test_artifact import _manifest
 
@@ -21,18 +28,18 @@ TOLERANCE = 1e-4
 BF16_TOLERANCE = 0.05  # of the largest logit: bf16 keeps 8 significant bits (0.4% per rounding,
 # over 26 layers; the worst case here was 2.1% of it)
 RUNTIMES = {
-    "onnx fp32": lambda folder, manifest: OnnxGraphs(folder, manifest, threads=1),
-    "openvino fp32": lambda folder, manifest: OpenVinoGraphs(folder, manifest, threads=1),
-    "openvino bf16": lambda folder, manifest: OpenVinoGraphs(folder, manifest, 1, "bf16"),
+    "onnx fp32": lambda stored: OnnxGraphs(stored, threads=1),
+    "openvino fp32": lambda stored: OpenVinoGraphs(stored, threads=1),
+    "openvino bf16": lambda stored: OpenVinoGraphs(stored, 1, "bf16"),
 }
 
 
 @pytest.fixture(params=list(RUNTIMES))
 def runtime(request: pytest.FixtureRequest, version):
     """Each compiled runtime on the version's graphs, with the tolerance it is held to."""
-    _, folder, manifest = version
+    _, folder, _ = version
     try:
-        graphs = RUNTIMES[request.param](folder, manifest)
+        graphs = RUNTIMES[request.param](open_version(folder.parent.parent, "tiny"))
     except ArtifactError as exc:  # a CPU without native bf16: the runtime refuses, by design
         pytest.skip(str(exc))
     return graphs, TOLERANCE if graphs.precision == "fp32" else BF16_TOLERANCE
@@ -51,10 +58,9 @@ def version(tmp_path_factory: pytest.TempPathFactory):
     masked = randomize(build_model(tiny_spec()), seed=3)
     store = tmp_path_factory.mktemp("store")
     pruned = prune_to_union(masked).eval()
-    version = publish_version(store, pruned, _manifest(pruned))
-    folder = store / "tiny" / version
-    manifest = add_graphs(folder)
-    return masked, folder, manifest
+    publish_version(store, pruned, _manifest(pruned), extra_files=export_graphs(pruned))
+    stored = open_version(store, "tiny")
+    return masked, stored.folder, stored.manifest
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8, 1])  # 1 again: a smaller batch after a larger one
@@ -86,7 +92,8 @@ def test_onnx_batches_run_at_once_each_get_their_own_outputs(version) -> None:
     runtimes run one at a time): each thread's batch gives the masked network's outputs for its
     own images, on the domain and the mixed graphs alike."""
     masked, folder, manifest = version
-    graphs, names = OnnxGraphs(folder, manifest, threads=1), manifest.spec.domain_names
+    graphs = OnnxGraphs(open_version(folder.parent.parent, "tiny"), threads=1)
+    names = manifest.spec.domain_names
     jobs = [(i % len(names), torch.randn(2 + i % 5, 3, 16, 16)) for i in range(24)]
 
     def run(job: tuple[int, torch.Tensor]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -118,19 +125,19 @@ def test_mixed_graph_equals_the_masked_network_per_image(
 
 
 def test_graphs_are_verified_like_the_weights(version, tmp_path: Path) -> None:
-    _, folder, manifest = version
-    assert {domain_key(n) for n in manifest.spec.domain_names} | {MIXED_KEY} <= set(manifest.files)
-    read_artifact(folder)  # every listed file, graphs included, matches its SHA-256
-    copy = tmp_path / "v"
     import shutil
 
-    shutil.copytree(folder, copy)
+    _, folder, manifest = version
+    assert {domain_key(n) for n in manifest.spec.domain_names} | {MIXED_KEY} <= set(manifest.files)
+    copy = tmp_path / "tiny" / "v1"
+    shutil.copytree(folder.parent, copy.parent)
+    open_version(tmp_path, "tiny").verify()  # every listed file, graphs included
     graph = copy / MIXED_KEY
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 0xFF
     graph.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="SHA-256"):
-        read_artifact(copy)
+        OnnxGraphs(open_version(tmp_path, "tiny"))
 
 
 def test_a_version_without_graphs_says_how_to_export_them(tmp_path: Path) -> None:
@@ -138,42 +145,44 @@ def test_a_version_without_graphs_says_how_to_export_them(tmp_path: Path) -> Non
     from tests.conftest import randomize, tiny_spec
 
     model = prune_to_union(randomize(build_model(tiny_spec()))).eval()
-    version = publish_version(tmp_path, model, _manifest(model))
-    manifest, _ = read_artifact(tmp_path / "tiny" / version)
+    publish_version(tmp_path, model, _manifest(model))
     with pytest.raises(ArtifactError, match="export-graphs"):
-        OnnxGraphs(tmp_path / "tiny" / version, manifest)
+        OnnxGraphs(open_version(tmp_path, "tiny"))
 
 
-def test_recompiling_a_version_publishes_a_copy_with_fresh_graphs(tmp_path: Path) -> None:
-    """`export-graphs --as-new-version`: same weights, masks and extra files; new graphs; the int8
-    record (measured on the old graphs) dropped; the old version and CURRENT untouched."""
-    from model_store import build_model, current_version, list_versions
+def test_export_graphs_publishes_a_derived_version_with_fresh_graphs(tmp_path: Path) -> None:
+    """`export-graphs`: a new version with the same weights, masks and extra files and new
+    graphs; what was measured on the old graphs (int8 graphs and records) is not carried; the
+    old version is untouched, and CURRENT moves to the new one since it named the source."""
+    from model_store import PrecisionRecord, build_model, current_version, list_versions
     from model_store.cli import main
     from tests.conftest import randomize, tiny_spec
 
     model = prune_to_union(randomize(build_model(tiny_spec()), seed=4)).eval()
     manifest = _manifest(model)
-    manifest.training["int8"] = {"calibration": "on the old graphs"}
-    publish_version(tmp_path, model, manifest, graphs=True, extra_files={"notes.txt": b"kept"})
+    int8 = {"graphs/int8/mixed.onnx": b"old int8"}
+    manifest.precisions["int8"] = PrecisionRecord("ort", "cpu", {}, {}, {})
+    files = {**export_graphs(model), **int8, "notes.txt": b"kept"}
+    publish_version(tmp_path, model, manifest, extra_files=files)
     old = tmp_path / "tiny" / "v1"
     before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
 
-    args = ["--store", str(tmp_path), "--name", "tiny", "export-graphs", "--as-new-version"]
-    assert main(args) == 0
+    assert main(["--store", str(tmp_path), "--name", "tiny", "export-graphs"]) == 0
     assert list_versions(tmp_path, "tiny") == ["v1", "v2"]
-    assert current_version(tmp_path, "tiny") == "v1"
+    assert current_version(tmp_path, "tiny") == "v2"
     assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
-    new_manifest, new_model = read_artifact(tmp_path / "tiny" / "v2")  # every file verified
-    assert (tmp_path / "tiny" / "v2" / "notes.txt").read_bytes() == b"kept"
-    assert "int8" not in new_manifest.training
-    assert new_manifest.provenance["graphs_recompiled_from"] == "v1"
-    assert new_manifest.domains == manifest.domains
+    new = open_version(tmp_path, "tiny", "v2")
+    new.verify()
+    assert new.read("notes.txt") == b"kept" and "graphs/int8/mixed.onnx" not in new.manifest.files
+    assert not new.manifest.precisions and new.manifest.provenance["derived_from"] == "v1"
+    assert new.manifest.domains == manifest.domains
+    _, new_model = read_artifact(new.folder)
     for a, b in zip(model.state_dict().values(), new_model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     x = torch.randn(3, 3, 16, 16)
-    graphs = OnnxGraphs(tmp_path / "tiny" / "v2", new_manifest)
+    graphs = OnnxGraphs(new)
     with torch.no_grad():
-        for d, name in enumerate(new_manifest.spec.domain_names):
+        for d, name in enumerate(new.manifest.spec.domain_names):
             expected = model(x, d).numpy()
             np.testing.assert_allclose(graphs.run_domain(name, x.numpy()), expected, atol=TOLERANCE)
 

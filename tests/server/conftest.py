@@ -57,7 +57,7 @@ def publish_random(store: Path, seed: int) -> str:
             "independent_parameters": 6000.0,
         },
     )
-    return publish_version(store, model, manifest)
+    return publish_version(store, model, manifest).version
 
 
 @pytest.fixture(scope="session")

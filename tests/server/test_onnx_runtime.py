@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from model_store import ArtifactError, add_files, read_manifest, version_path
-from model_store.graphs import add_graphs
+from model_store import (
+    ArtifactError,
+    PrecisionRecord,
+    derive_version,
+    recompile_version,
+    version_path,
+)
 from server import create_app
 from server.__main__ import load_model
 from tests.server.conftest import (
@@ -31,7 +36,8 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def compiled_store(store: Path) -> Path:
-    add_graphs(version_path(store, "tiny"))
+    """The tiny model with graphs: v2 (CURRENT), derived from v1 by `export-graphs`."""
+    recompile_version(store, "tiny")
     return store
 
 
@@ -123,7 +129,7 @@ def test_without_torch_a_version_without_graphs_names_the_export(store: Path) ->
 
 
 def test_int8_needs_the_int8_graphs(compiled_store: Path) -> None:
-    with pytest.raises(SystemExit, match="training quantize --version v1"):
+    with pytest.raises(SystemExit, match="training quantize --version v2"):
         load_model(settings_for(compiled_store, precision="int8"))
 
 
@@ -139,7 +145,7 @@ import sys
 sys.modules["torch"] = None
 from model_store.cli import main
 store, volume = sys.argv[1], sys.argv[2]
-for args in (["verify"], ["list"], ["set-current", "v1"], ["seed", "--from", store]):
+for args in (["verify"], ["list"], ["set-current", "v2"], ["seed", "--from", store]):
     base = ["--store", volume if args[0] == "seed" else store, "--name", "tiny"]
     print("exit", main(base + args), flush=True)
 print("torch loaded:", any(m.startswith("torch") for m in sys.modules if sys.modules[m]))
@@ -153,7 +159,7 @@ def test_the_store_commands_run_without_torch(compiled_store: Path, tmp_path: Pa
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("exit 0") == 4 and "torch loaded: False" in run.stdout
     assert "graphs load in ONNX Runtime (no torch here)" in run.stdout
-    assert "seeded ['v1']" in run.stdout
+    assert "seeded ['v1', 'v2']" in run.stdout
     graph = next((version_path(compiled_store, "tiny") / "graphs" / "domains").iterdir())
     graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
     run = _run_script(NO_TORCH_CLI, str(compiled_store), str(tmp_path / "other"))
@@ -181,18 +187,17 @@ def test_onnx_runtime_runs_one_thread_batches_one_per_core(
 
 
 async def test_bf16_is_served_once_measured_and_shows_its_accuracy(compiled_store: Path) -> None:
-    with pytest.raises(SystemExit, match="measure-bf16 --version v1"):
+    with pytest.raises(SystemExit, match="measure-bf16 --version v2"):
         load_model(settings_for(compiled_store, runtime="openvino", precision="bf16"))
-    folder = version_path(compiled_store, "tiny")
-    manifest = read_manifest(folder)
-    domains = {d: {"accuracy_fp32": 0.9, "accuracy_bf16": 0.875} for d in DOMAINS}
-    partial = {d: domains[d] for d in DOMAINS[:-1]}  # one domain never measured
-    manifest.training["bf16"] = {"runtime": "openvino test", "cpu": "test", "domains": partial}
-    add_files(folder, manifest, {})
-    with pytest.raises(SystemExit, match="bf16 accuracy for every domain"):
+
+    def measured(domains: list[str]) -> dict[str, PrecisionRecord]:
+        fp32, bf16 = {d: 0.9 for d in domains}, {d: 0.875 for d in domains}
+        return {"bf16": PrecisionRecord("openvino test", "test", {}, fp32, bf16)}
+
+    derive_version(compiled_store, "tiny", "v2", {}, measured(DOMAINS[:-1]))  # one unmeasured
+    with pytest.raises(SystemExit, match=rf"bf16 accuracy for \['{DOMAINS[-1]}'\]"):
         load_model(settings_for(compiled_store, runtime="openvino", precision="bf16"))
-    manifest.training["bf16"]["domains"] = domains
-    add_files(folder, manifest, {})
+    derive_version(compiled_store, "tiny", "v3", {}, measured(DOMAINS))
     app = create_app(settings_for(compiled_store, runtime="openvino", precision="bf16"))
     try:
         async with running(app) as client:

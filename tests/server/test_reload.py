@@ -95,17 +95,33 @@ async def test_corrupt_new_version_is_refused_and_the_old_keeps_serving(store: P
     assert metric(metrics, "bap_model_info", name=MODEL, version="v1", budget="0.5") == 1
 
 
-@pytest.mark.parametrize("damage", ["malformed manifest", "missing version", "garbage CURRENT"])
+DAMAGE = [
+    "malformed manifest",
+    "edited label",
+    "edited version",
+    "missing version",
+    "garbage record",
+]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
 async def test_other_damage_is_refused_too(store: Path, damage: str) -> None:
+    """Whatever was changed after publishing, the manifest included (a renamed label, another
+    version name), the new version is refused and the old one keeps serving."""
     async with serving(store) as client:
         publish_random(store, seed=1)
+        manifest = store / MODEL / "v2" / "manifest.json"
+        refs = store / MODEL / "REFS.json"
         if damage == "malformed manifest":
-            manifest = store / MODEL / "v2" / "manifest.json"
             manifest.write_text(json.dumps({"format_version": 1, "spec": {}}))
+        elif damage == "edited label":
+            manifest.write_text(manifest.read_text().replace('"c0"', '"cX"'))
+        elif damage == "edited version":
+            manifest.write_text(manifest.read_text().replace('"v2"', '"v1"'))
         elif damage == "missing version":
-            (store / MODEL / "CURRENT").write_text("v7\n")
+            refs.write_text(refs.read_text().replace('"current": "v2"', '"current": "v7"'))
         else:
-            (store / MODEL / "CURRENT").write_text("../../etc\n")
+            refs.write_text("../../etc\n")
         refused = await client.post("/admin/reload", headers=ADMIN)
         answer = await post(client, "dom0", image_bytes(1))
     assert refused.status_code == 409, refused.text

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_store import add_files, load_version, publish_version, read_manifest, version_path
+from model_store import PrecisionRecord, derive_version, load_version, open_version, publish_version
 from server import create_app
 from tests.server.conftest import TOKEN, running, settings_for
 from tests.training.conftest import TINY_DOMAINS, tiny_config
@@ -47,8 +47,11 @@ def test_added_domain_leaves_every_old_tensor_and_output_bit_identical(
     published: Path, tmp_path: Path
 ) -> None:
     store = _copy(published, tmp_path)
-    manifest = add_domain(store, "tiny", dict(NEW), budget=0.5, settings=QUICK)
-    assert manifest.version == "v2" and manifest.spec.domain_names[-1] == "stripes"
+    manifest, publication = add_domain(store, "tiny", dict(NEW), budget=0.5, settings=QUICK)
+    assert (
+        manifest.version == "v2" == publication.current
+        and manifest.spec.domain_names[-1] == "stripes"
+    )
     old_manifest, old = load_version(store, "tiny", "v1")
     _, new = load_version(store, "tiny", "v2")  # verified, CURRENT
     assert new.spec.mid_channels == old.spec.mid_channels  # the stored convs did not grow
@@ -74,16 +77,15 @@ def test_a_new_version_drops_what_was_measured_on_the_old_graphs(
     """int8 and bf16 accuracy belong to the graphs they were measured on; add- and
     remove-domain publish fresh graphs, so those records must not come along."""
     store = _copy(published, tmp_path)
-    folder = version_path(store, "tiny", "v1")
-    manifest = read_manifest(folder)
-    measured = {d: {"accuracy_bf16": 0.5} for d in manifest.spec.domain_names}
-    manifest.training |= {"bf16": {"domains": measured}, "int8": {"domains": measured}}
-    add_files(folder, manifest, {})
-    removed = remove_domain(store, "tiny", "shapes")
-    added = add_domain(store, "tiny", dict(NEW), budget=0.5, settings=QUICK, from_version="v1")
+    names = open_version(store, "tiny").manifest.spec.domain_names
+    record = PrecisionRecord("r", "c", {}, dict.fromkeys(names, 0.5), dict.fromkeys(names, 0.5))
+    derive_version(store, "tiny", "v1", {}, {"bf16": record, "int8": record})  # v2
+    removed, _ = remove_domain(store, "tiny", "shapes", from_version="v2")
+    added, _ = add_domain(store, "tiny", dict(NEW), budget=0.5, settings=QUICK, from_version="v2")
     for new in (removed, added):
-        assert not {"bf16", "int8"} & set(new.training), new.version
+        assert not new.precisions, new.version
         assert "config" in new.training  # the rest of the record is carried
+        assert set(new.sources) == set(new.spec.domain_names)  # each domain's data, by name
 
 
 def test_an_existing_name_is_refused_before_training(published: Path, tmp_path: Path) -> None:
@@ -94,7 +96,7 @@ def test_an_existing_name_is_refused_before_training(published: Path, tmp_path: 
 
 def test_removed_domain_leaves_the_others_outputs(published: Path, tmp_path: Path) -> None:
     store = _copy(published, tmp_path)
-    manifest = remove_domain(store, "tiny", "shapes")
+    manifest, _ = remove_domain(store, "tiny", "shapes")
     assert manifest.spec.domain_names == ("colours",)
     _, old = load_version(store, "tiny", "v1")
     _, new = load_version(store, "tiny", "v2")
@@ -160,7 +162,7 @@ def test_cli_add_domain_then_the_server_reloads_it(published: Path, tmp_path: Pa
 def test_grow_lets_the_new_domain_use_pruned_filters(published: Path, tmp_path: Path) -> None:
     store = _copy(published, tmp_path)
     assert (store / "tiny" / "v1" / "backbone.safetensors").is_file()  # kept at publish
-    manifest = add_domain(store, "tiny", dict(NEW), budget=0.9, settings=QUICK, grow=True)
+    manifest, _ = add_domain(store, "tiny", dict(NEW), budget=0.9, settings=QUICK, grow=True)
     _, old = load_version(store, "tiny", "v1")
     _, new = load_version(store, "tiny", "v2")
     growth = manifest.training["add_domain"]["grow"]

@@ -17,7 +17,7 @@ from model_store import (
     domain_key,
     load_version,
     mixed_key,
-    read_artifact,
+    open_version,
     union_filters,
 )
 from server.batching import Batch
@@ -162,25 +162,21 @@ def test_cli_trains_publishes_and_inspects(tmp_path: Path) -> None:
         text=True,
     )
     assert quant.returncode == 0, quant.stderr
-    assert "int8 graphs added" in quant.stdout
-    manifest, _ = read_artifact(store / "smoke" / manifest.version)  # every file verified
-    record = manifest.training["int8"]
-    assert record["calibration_images"] == 32
-    assert set(record["domains"]) == set(manifest.spec.domain_names)
-    assert all(0 <= r["accuracy_int8"] <= 1 for r in record["domains"].values())
-    assert {domain_key(d, "int8") for d in manifest.spec.domain_names} | {mixed_key("int8")} <= set(
-        manifest.files
-    )
+    assert "smoke v2: v1 + int8 graphs" in quant.stdout and "CURRENT = v2" in quant.stdout
+    stored = open_version(store, "smoke")  # v2, derived: v1 is never modified
+    stored.verify()
+    manifest, record = stored.manifest, stored.manifest.precisions["int8"]
+    assert record.settings["calibration_images"] == 32
+    assert set(record.accuracy) == set(record.accuracy_fp32) == set(manifest.spec.domain_names)
+    assert all(0 <= a <= 1 for a in record.accuracy.values())
+    int8_keys = {domain_key(d, "int8") for d in manifest.spec.domain_names} | {mixed_key("int8")}
+    assert int8_keys <= set(manifest.files) and set(record.files) == int8_keys
     served = setup(store, "smoke", precision="int8")
     assert served.runtime.precision == "int8"
     names = list(manifest.spec.domain_names)
     images = [np.zeros((3, 16, 16), np.float32)] * len(names)
     probs = predict(Batch(served, "mixed", names, images, [0.0] * len(names)))
     assert all(abs(float(p.sum()) - 1) < 1e-5 for p in probs)
-    again = subprocess.run(
-        [*cmd, "quantize", "--store", str(store), "--name", "smoke"], capture_output=True, text=True
-    )
-    assert again.returncode == 2 and "already listed" in again.stderr
 
     # bf16 through OpenVINO: measured on the test split and recorded, then servable
     with pytest.raises(ArtifactError, match="measure-bf16 --version"):
@@ -194,12 +190,13 @@ def test_cli_trains_publishes_and_inspects(tmp_path: Path) -> None:
         assert bf16.returncode == 2 and "no native bf16" in bf16.stderr
         return
     assert bf16.returncode == 0, bf16.stderr
-    assert "bf16 accuracy recorded" in bf16.stdout
-    manifest, _ = read_artifact(store / "smoke" / manifest.version)
-    record = manifest.training["bf16"]
-    assert record["runtime"].startswith("openvino ") and record["cpu"]
-    assert set(record["domains"]) == set(manifest.spec.domain_names)
-    assert all(0 <= r["accuracy_bf16"] <= 1 for r in record["domains"].values())
+    assert "smoke v3: v2 + bf16 accuracy" in bf16.stdout
+    manifest = open_version(store, "smoke").manifest
+    record = manifest.precisions["bf16"]
+    assert record.runtime.startswith("openvino ") and record.cpu
+    assert set(record.accuracy) == set(manifest.spec.domain_names)
+    assert all(0 <= a <= 1 for a in record.accuracy.values())
+    assert "int8" in manifest.precisions  # carried: v3 has v2's int8 graphs
     served = setup(store, "smoke", runtime="openvino", precision="bf16")
     assert (served.runtime.name, served.runtime.precision) == ("openvino", "bf16")
     probs = predict(Batch(served, "mixed", names, images, [0.0] * len(names)))

@@ -1,0 +1,104 @@
+"""Reading the store: which versions a model has, which is CURRENT, and a published version
+opened with its manifest checked against the store's record (see versions.py for the rules).
+
+Torch-free: the server reads, verifies and serves a version through this module alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import files
+from .errors import ArtifactError
+from .manifest import MANIFEST, Manifest
+from .refs import REFS, check_file, check_name, model_root, read_manifest_bytes, read_refs
+
+
+@dataclass
+class StoredVersion:
+    """A published version whose manifest matched the store's record; its files are read
+    through `read`, which checks each one's SHA-256 on the very bytes it returns."""
+
+    folder: Path
+    manifest: Manifest
+
+    def read(self, key: str) -> bytes:
+        if key not in self.manifest.files:
+            raise ArtifactError(f"{self.folder / MANIFEST}: lists no {key}")
+        return check_file(self.folder, key, self.manifest.files[key])
+
+    def verify(self) -> None:
+        """Every listed file, read and checked."""
+        for key in self.manifest.files:
+            self.read(key)
+
+
+def verify_version(folder: Path, manifest: Manifest) -> None:
+    """Every file `manifest` lists in `folder`, read confined and checked."""
+    StoredVersion(folder, manifest).verify()
+
+
+def list_versions(store: Path, name: str) -> list[str]:
+    """Published versions of a model, oldest first ([] for a model the store does not hold)."""
+    root = model_root(store, name)
+    if not (root / REFS).exists() and not (root / "CURRENT").exists():
+        return []
+    return list(read_refs(root).versions)
+
+
+def list_models(store: Path) -> list[str]:
+    """The models a store holds (folders with a record, or of the older layout)."""
+    if not files.is_real_dir(Path(store)):
+        return []
+    return sorted(
+        p.name
+        for p in Path(store).iterdir()
+        if files.is_real_dir(p) and ((p / REFS).exists() or (p / "CURRENT").exists())
+    )
+
+
+def current_version(store: Path, name: str) -> str:
+    """The version CURRENT names; an error that says how to fix a model with none."""
+    root = model_root(store, name)
+    if not (root / REFS).exists() and not (root / "CURRENT").exists():
+        raise ArtifactError(
+            f"{root}: no versions; publish a version first (python -m training train ...)"
+        )
+    current = read_refs(root).current
+    if current is None:
+        raise ArtifactError(f"{root / REFS}: names no CURRENT version")
+    return current
+
+
+def previous_version(store: Path, name: str) -> str:
+    """The version CURRENT named before the last change (for a rollback)."""
+    root = model_root(store, name)
+    previous = read_refs(root).previous
+    if previous is None:
+        raise ArtifactError(f"{root / REFS}: no PREVIOUS version (CURRENT has not changed)")
+    return previous
+
+
+def version_path(store: Path, name: str, version: str | None = None) -> Path:
+    """Folder of a published version (CURRENT when none is given)."""
+    root = model_root(store, name)
+    version = current_version(store, name) if version is None else check_name("version", version)
+    if version not in read_refs(root).versions:
+        raise ArtifactError(
+            f"{root / version}: no such version; known: {list_versions(store, name)}"
+        )
+    return root / version
+
+
+def open_version(store: Path, name: str, version: str | None = None) -> StoredVersion:
+    """A published version (CURRENT by default) with its manifest checked against the record."""
+    folder = version_path(store, name, version)
+    manifest, _ = read_manifest_bytes(folder.parent, folder.name, read_refs(folder.parent))
+    return StoredVersion(folder, manifest)
+
+
+def open_folder(folder: Path) -> StoredVersion:
+    """`open_version` for a version's folder path (`<store>/<model>/<version>`)."""
+    folder = Path(folder)
+    return open_version(folder.parent.parent, folder.parent.name, folder.name)
