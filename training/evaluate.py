@@ -6,12 +6,14 @@ as serving. Every cost figure comes from `model_store.cost`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from model_store import (
     DomainMetrics,
@@ -26,6 +28,8 @@ from model_store import (
 )
 
 from .data import DomainData, eval_batches
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -47,9 +51,19 @@ def split_accuracy(
     split, cut as serving cuts it: the torch network, its compiled graphs and their int8 or bf16
     runs are all measured by this one loop."""
     correct = total = 0
-    for x, y in eval_batches(data, pre, batch_size):
-        correct += int((np.asarray(run(x)).argmax(1) == y.numpy()).sum())
-        total += len(y)
+    # A test set at 224 px takes minutes: the bar shows at INFO (the CLI's default), not in tests.
+    with tqdm(
+        total=len(data.test),
+        desc=f"evaluate {data.name}",
+        unit="image",
+        leave=False,
+        disable=not log.isEnabledFor(logging.INFO),
+    ) as bar:
+        for x, y in eval_batches(data, pre, batch_size):
+            correct += int((np.asarray(run(x)).argmax(1) == y.numpy()).sum())
+            total += len(y)
+            bar.update(len(y))
+    log.info("accuracy domain=%s %.4f on %d test images", data.name, correct / max(total, 1), total)
     return correct / max(total, 1)
 
 

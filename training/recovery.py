@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from model_store import DomainBatchNorm, MultiDomainResNet, baseline_cost, domain_cost, filter_costs
 
@@ -68,10 +69,12 @@ def recalibrate_bn(
     batch_size: int,
     seed: int,
     indices: Sequence[int] | None = None,
+    progress: tqdm | None = None,
 ) -> None:
     """Every domain's BN running mean/var := the average over `batches` seeded batches of its
     training images, run through the network with its final (stored) masks. `indices`: the
-    network's domain number of each `data` entry (default: data[d] is domain d).
+    network's domain number of each `data` entry (default: data[d] is domain d); `progress`:
+    a bar advanced once a batch (at 224 px this takes minutes).
 
     Deterministic for a seed, so a resumed or repeated call gives the same statistics.
     """
@@ -98,6 +101,8 @@ def recalibrate_bn(
                 for bn in norms:
                     bn.momentum = 1.0 / (k + 1)  # running value = mean over the batches so far
                 model(centre_crops(domain, domain.train.images[idx], pre).to(device), d)
+                if progress is not None:
+                    progress.update(1)
     finally:
         for bn, momentum in zip(norms, saved, strict=True):
             bn.momentum = momentum

@@ -131,8 +131,18 @@ class Trainer:
         device = self.ranks.device
         costs = [c.to(device) for c in filter_costs(spec, config.budget_unit)]
         self.terms = CostTerms(spec, config.budget_unit, costs)
-        stage2_steps = math.ceil(config.epochs * self.sampler.steps_per_epoch)
-        self.duals = DualMultipliers(len(data), config.budget, config.dual_lr or 0.0, stage2_steps)
+        # Steps of each phase, known up front: one progress bar (and its ETA) spans them all;
+        # the BN re-estimation's batches count as steps of a last phase.
+        per_epoch = self.sampler.steps_per_epoch
+        self.plan = {
+            "pretrain": math.ceil(config.pretrain_epochs * per_epoch),
+            "bap": math.ceil(config.epochs * per_epoch),
+            "recover": math.ceil(config.recovery_epochs * per_epoch),
+            "recalibrate": config.bn_recalibration_batches * len(data),
+        }
+        self.duals = DualMultipliers(
+            len(data), config.budget, config.dual_lr or 0.0, self.plan["bap"]
+        )
         self.scaler = distributed.grad_scaler(device, config.precision)
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
         if config.backbone:  # stage 1 then fine-tunes it, for pretrain_epochs (0 skips it)
@@ -277,18 +287,16 @@ class Trainer:
     def run_phase(
         self,
         name: str,
-        epochs: float,
         optimizer: torch.optim.Optimizer,
         step_fn: Callable[[int, int], tuple[Tensor, dict[str, float]]],
+        bar: tqdm,
     ) -> None:
-        total = math.ceil(epochs * self.sampler.steps_per_epoch)
+        total = self.plan[name]
         if self.optim_state:
             load_optimizer_tensors(optimizer, self.optim_state)
             self.optim_state = {}
         base = [g["lr"] for g in optimizer.param_groups]
-        bar = tqdm(
-            total=total, initial=self.step, desc=name, disable=not self.progress, unit="step"
-        )
+        self.describe(bar, name)
         while self.step < total:
             for group, lr in zip(optimizer.param_groups, base, strict=True):
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * self.step / total))  # cosine decay
@@ -303,7 +311,6 @@ class Trainer:
             bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
             if self.step % self.config.checkpoint_every == 0 and self.step < total:
                 self.save(optimizer)
-        bar.close()
         log.info(
             "phase=%s done steps=%d %s",
             name,
@@ -313,13 +320,28 @@ class Trainer:
         self.phase, self.step = PHASES[PHASES.index(name) + 1], 0
         self.save(None)
 
+    def describe(self, bar: tqdm, name: str) -> None:
+        """`2/4 bap`: which phase of how many the run's one bar is in."""
+        bar.set_description(f"{list(self.plan).index(name) + 1}/{len(self.plan)} {name}")
+
     def run(self) -> TrainResult:
         cfg = self.config
+        done = sum(
+            n
+            for p, n in self.plan.items()
+            if p in PHASES and PHASES.index(p) < PHASES.index(self.phase)
+        )
+        bar = tqdm(
+            total=sum(self.plan.values()),
+            initial=done + self.step,
+            disable=not self.progress,
+            unit="step",
+        )
         self.model.train()
         if self.phase == "pretrain":
             self.net = self.ranks.replicate(self.model)
             opt = self.sgd(self.model.parameters(), cfg.pretrain_lr)
-            self.run_phase("pretrain", cfg.pretrain_epochs, opt, self.stored_mask_step)
+            self.run_phase("pretrain", opt, self.stored_mask_step, bar)
         for p in self.model.shared_parameters():
             p.requires_grad_(False)
         if self.phase == "bap" and self.step == 0:
@@ -349,18 +371,25 @@ class Trainer:
                 lr=cfg.lr,
                 momentum=cfg.momentum,
             )
-            self.run_phase("bap", cfg.epochs, opt, self.bap_step)
+            self.run_phase("bap", opt, self.bap_step, bar)
         self.freeze_masks()  # stage 2 is over (phase recover or done): the masks are final
         if cfg.fill_to_budget:  # deterministic, so a resumed run gets the same masks again
             fill_to_budget(self.model, list(self.switches.scores), cfg.budget, cfg.budget_unit)
         if self.phase == "recover":
             self.net = self.ranks.replicate(self.model)
             opt = self.sgd(self.model.domain_parameters(), cfg.recovery_lr)
-            self.run_phase("recover", cfg.recovery_epochs, opt, self.stored_mask_step)
+            self.run_phase("recover", opt, self.stored_mask_step, bar)
         # Every rank runs the same seeded batches, so the statistics agree without averaging.
+        self.describe(bar, "recalibrate")
         recalibrate_bn(
-            self.model, self.data, cfg.bn_recalibration_batches, cfg.batch_size, cfg.seed + 2
+            self.model,
+            self.data,
+            cfg.bn_recalibration_batches,
+            cfg.batch_size,
+            cfg.seed + 2,
+            progress=bar,
         )
+        bar.close()
         scores = [s.detach().cpu().clone() for s in self.switches.scores]
         model = self.model.to("cpu", memory_format=torch.contiguous_format).eval()
         return TrainResult(model, scores, self.data, self.pretrained)
@@ -403,6 +432,13 @@ def train(
         torch.set_num_threads(config.threads)
     if data is None:
         data = [load_domain(entry, config.resize, config.crop) for entry in config.domains]
+    log.info(
+        "loaded %d domains, %s training and %s test images: %s",
+        len(data),
+        f"{sum(len(d.train) for d in data):,}",
+        f"{sum(len(d.test) for d in data):,}",
+        ", ".join(f"{d.name} {len(d.labels)} classes {len(d.train)}/{len(d.test)}" for d in data),
+    )
     trainer = Trainer(config, run_dir, data, progress, ranks)
     if resume:
         trainer.restore()

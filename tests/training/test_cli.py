@@ -1,8 +1,13 @@
-"""The training CLI's guards: what it refuses before any data is loaded or any step is trained."""
+"""The training CLI: its guards (what it refuses before any data is loaded or any step is
+trained) and its output."""
 
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,14 @@ from training import cli
 
 class Trained(Exception):
     """Raised in place of training: the command got past every guard."""
+
+
+@pytest.fixture(autouse=True)
+def _keep_log_level() -> Iterator[None]:
+    """`main` sets the training logger's level for its process; these tests share one."""
+    level = logging.getLogger("training").level
+    yield
+    logging.getLogger("training").setLevel(level)
 
 
 @pytest.fixture
@@ -58,3 +71,28 @@ def test_train_into_a_model_with_versions_needs_replace(
         cli.main([*args, "--replace"])
     with pytest.raises(Trained):  # another name is a new model: nothing to replace
         cli.main([*args, "--name", "tiny2"])
+
+
+def test_inspect_names_how_many_independent_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_random(tmp_path, seed=0)  # three domains
+    assert cli.main(["inspect", "--store", str(tmp_path), "--name", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "for 3 independent models" in out and "N independent" not in out
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
+    """`python -m training inspect ... | head -3`: the reader goes away before the writer ends."""
+    publish_random(tmp_path, seed=0)
+    args = ["inspect", "--store", str(tmp_path), "--name", "tiny"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # closed before the interpreter has even started: every write fails
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "Broken pipe" not in err and "BrokenPipe" not in err
