@@ -144,3 +144,17 @@ def test_seed_reports_a_clash_and_refuses_a_corrupt_source(
         code == 0 and "kept the store's ['v1']" in out and current_version(volume, "tiny") == "v1"
     )
     assert cli(store, "seed", "--from", str(store), capsys=capsys)[0] == 1
+
+
+def test_list_without_a_name_lists_the_models_and_options_go_anywhere(store: Path, capsys) -> None:
+    """`list --store S` (options after the command, no --name) names the models the store
+    holds; before, it failed to parse, and without --name said 'S/embedded: no versions'."""
+    model = prune_to_union(randomize(build_model(tiny_spec()), 0.5, seed=8))
+    publish_version(store, model, _manifest(model, name="other"))
+    assert main(["list", "--store", str(store)]) == 0
+    assert capsys.readouterr().out.split() == ["other", "tiny"]
+    assert main(["list", "--store", str(store), "--name", "tiny"]) == 0
+    assert "* v4" in capsys.readouterr().out
+    assert main(["verify", "v2", "--store", str(store), "--name", "tiny"]) == 0
+    assert main(["list", "--store", str(store), "--name", "none"]) == 0
+    assert "no versions (models here: other, tiny)" in capsys.readouterr().out

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_store import PrecisionRecord, derive_version, load_version, open_version, publish_version
+from model_store import (
+    ArtifactError,
+    PrecisionRecord,
+    derive_version,
+    load_version,
+    open_version,
+    publish_version,
+)
 from server import create_app
 from tests.server.conftest import TOKEN, running, settings_for
 from tests.training.conftest import TINY_DOMAINS, tiny_config
@@ -185,3 +192,31 @@ def test_grow_without_a_backbone_says_what_to_pass(published: Path, tmp_path: Pa
     publish_version(tmp_path, model, manifest)  # as versions were published before backbones
     with pytest.raises(ValueError, match="--grow needs the unpruned backbone"):
         add_domain(tmp_path, "tiny", dict(NEW), settings=QUICK, grow=True)
+
+
+def test_every_command_finds_each_domain_by_name_after_add_and_remove(
+    published: Path, tmp_path: Path
+) -> None:
+    """remove-domain, evaluate, quantize, add-domain, quantize, in that order: each command
+    finds each domain's data and preprocessing by its name (the first domain removed shifts
+    every position), the new domain gets int8 graphs and its figure, and the server serves
+    every domain in int8 (before the fix: evaluate and quantize paired the original config's
+    domains with the version's by position and failed, KeyError)."""
+    from server.runner import setup
+    from training.cli import main
+    from training.quantize import quantize_version
+
+    store = _copy(published, tmp_path)
+    remove_domain(store, "tiny", "shapes")  # v2: colours only
+    assert main(["evaluate", "--store", str(store), "--name", "tiny", "--json"]) == 0
+    _, quantized = quantize_version(store, "tiny", calibration_images=16)  # v3
+    assert set(quantized.precisions["int8"].accuracy) == {"colours"}
+    add_domain(store, "tiny", dict(NEW), budget=0.5, settings=QUICK)  # v4: no int8 yet
+    with pytest.raises(ArtifactError, match="training quantize --version v4"):
+        setup(store, "tiny", precision="int8")
+    publication, manifest = quantize_version(store, "tiny", calibration_images=16)  # v5
+    assert publication.current == "v5" and manifest.spec.domain_names == ("colours", "stripes")
+    assert set(manifest.precisions["int8"].accuracy) == {"colours", "stripes"}
+    assert manifest.sources["stripes"]["source"] == "synthetic"
+    served = setup(store, "tiny", precision="int8")
+    assert served.runtime.precision == "int8" and list(served.index) == ["colours", "stripes"]
