@@ -47,7 +47,7 @@ RUN scripts/setup.sh \
 FROM ${PYTHON_IMAGE}
 # /store is an empty folder owned by bap: a named volume mounted there takes its owner, and the
 # entrypoint seeds it from the one copy of the bundled model under /app (first start: all of it;
-# a newer image: its new versions and new measurements of held ones, CURRENT unmoved), so the
+# a newer image: its new versions, CURRENT unmoved), so the
 # image holds the model once.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bap \
  && mkdir /store && chown bap:bap /store
