@@ -71,6 +71,7 @@ _LAZY = {
     "prune_to_union": "slicing",
     "slice_network": "slicing",
     "union_filters": "slicing",
+    "expand_network": "slicing",
     "TorchRuntime": "torch_runtime",
     "filter_map": "filter_map",
 }
@@ -94,7 +95,14 @@ if TYPE_CHECKING:
     from .network import ARCH_BUILDERS, MultiDomainResNet, build_model
     from .onnx_runtime import OnnxGraphs, make_session
     from .openvino_runtime import OpenVinoGraphs, compile_graph
-    from .slicing import domain_filters, domain_view, prune_to_union, slice_network, union_filters
+    from .slicing import (
+        domain_filters,
+        domain_view,
+        expand_network,
+        prune_to_union,
+        slice_network,
+        union_filters,
+    )
     from .torch_runtime import TorchRuntime
 
 
@@ -144,6 +152,7 @@ __all__ = [
     "domain_view",
     "eval_pixels",
     "eval_transform",
+    "expand_network",
     "export_graphs",
     "filter_costs",
     "filter_map",

@@ -125,3 +125,39 @@ def prune_to_union(model: MultiDomainResNet) -> MultiDomainResNet:
 def domain_view(model: MultiDomainResNet, domain: int) -> MultiDomainResNet:
     """A one-domain network computing only that domain's active filters."""
     return slice_network(model, domain_filters(model, domain), [domain])
+
+
+@torch.no_grad()
+def expand_network(pruned: MultiDomainResNet, convs: dict[str, Tensor]) -> MultiDomainResNet:
+    """The inverse of slicing: `pruned` put back into its unpruned backbone (`convs`: every
+    shared conv's full weight by state-dict name). Each stored filter goes back to its original
+    index, found by matching its frozen conv row exactly (after the columns an earlier gate cut,
+    as in a bottleneck's conv2); the filters pruning removed come back with every domain's switch
+    off, so every domain's outputs are the pruned network's (to float tolerance)."""
+    full = build_model(pruned.spec.unpruned())
+    cuts, src = _cuts(full), pruned.state_dict()
+    kept: list[Tensor] = []
+    for conv, _, _, _ in full.gate_names():
+        weight = convs[f"{conv}.weight"]
+        for dim, gate in cuts[f"{conv}.weight"]:
+            if dim == 1:
+                weight = weight.index_select(1, kept[gate])
+        rows = {row.numpy().tobytes(): j for j, row in enumerate(weight)}
+        try:
+            found = [rows[row.numpy().tobytes()] for row in src[f"{conv}.weight"]]
+        except KeyError:
+            raise ValueError(f"{conv}: the backbone does not hold this network's filters") from None
+        kept.append(torch.tensor(found, dtype=torch.long))
+    masks = {mask for _, _, mask, _ in full.gate_names()}
+    for name, target in full.state_dict().items():
+        if name in convs:
+            target.copy_(convs[name])
+            continue
+        gated = [(dim, gate) for dim, gate in cuts.get(name, ()) if dim == 1]
+        if not gated:
+            target.copy_(src[name])
+            continue
+        if name in masks:
+            target.zero_()  # a filter pruning removed stays off for every domain
+        target.index_copy_(1, kept[gated[0][1]], src[name])
+    return full

@@ -32,18 +32,20 @@ from model_store import (
     build_model,
     cost_fraction,
     current_version,
+    expand_network,
     export_graphs,
     filter_costs,
     load_version,
     open_version,
     publish_version,
     slice_network,
+    union_filters,
 )
 
 from .data import DomainData, train_batch
 from .evaluate import accuracy, domain_metrics, model_totals
 from .prune import enforce_budget
-from .publish import BACKBONE, EQUIVALENCE_TOLERANCE, is_shared_conv, provenance
+from .publish import BACKBONE, EQUIVALENCE_TOLERANCE, provenance
 from .recovery import recalibrate_bn
 from .sources import load_domain
 from .switches import binary_step
@@ -84,36 +86,6 @@ def grown(old: MultiDomainResNet, data: DomainData, pre_from: int = 0) -> MultiD
                 elif key.endswith(".masks"):
                     target[len(value)] = 1.0
     return new
-
-
-def expand(pruned: MultiDomainResNet, backbone: dict[str, torch.Tensor]) -> MultiDomainResNet:
-    """The pruned network put back into the full backbone: every stored filter at its original
-    index (found by matching its conv1 weights, which are frozen, exactly), the filters pruning
-    removed present again with every old domain's switch off, so the outputs are the pruned
-    network's (to float tolerance)."""
-    full = build_model(pruned.spec.unpruned())
-    state, src = full.state_dict(), pruned.state_dict()
-    kept = []
-    for i in range(len(pruned.blocks)):
-        rows = {r.numpy().tobytes(): j for j, r in enumerate(backbone[f"blocks.{i}.conv1.weight"])}
-        try:
-            kept.append([rows[r.numpy().tobytes()] for r in src[f"blocks.{i}.conv1.weight"]])
-        except KeyError:
-            raise ValueError(
-                f"block {i}: the backbone does not hold this version's filters"
-            ) from None
-    with torch.no_grad():
-        for name, target in state.items():
-            parts = name.split(".")
-            if is_shared_conv(name):
-                target.copy_(backbone[name])  # the unpruned shared convs
-            elif parts[0] == "blocks" and parts[2] in ("bn1", "masks"):
-                if parts[2] == "masks":
-                    target.zero_()
-                target[:, kept[int(parts[1])]] = src[name]
-            else:  # bn2, stem_bn, head_bn, heads: not sliced by pruning
-                target.copy_(src[name])
-    return full
 
 
 def _restore(new: MultiDomainResNet, old: MultiDomainResNet) -> None:
@@ -162,7 +134,7 @@ def _train_new_domain(
     scores = None
     groups: list[dict[str, Any]] = [{"params": stacks + head, "lr": s.lr}]
     if switches:  # spread by BN scale, as training does: the least important filters go first
-        gammas = [b.bn1.weight[d].detach().abs() for b in model.blocks]
+        gammas = [bn.weight[d].detach().abs() for bn in model.gated_norms()]
         scores = [torch.nn.Parameter(s.score_init * g / g.mean().clamp_min(1e-12)) for g in gammas]
         groups.append({"params": scores, "lr": s.score_lr})
     sgd = torch.optim.SGD(groups, momentum=0.9)
@@ -228,7 +200,7 @@ def add_domain(
                 "(versions published before it was kept have none); pass --backbone PATH, e.g. "
                 "a run's pretrained.safetensors"
             )
-        old = expand(pruned, load(kept[BACKBONE]))
+        old = expand_network(pruned, load(kept[BACKBONE]))
         _outputs_close(pruned, old)
     if entry.get("name") in manifest.spec.domain_names:
         raise ValueError(f"domain {entry['name']!r} is already in {name} {manifest.version}")
@@ -248,8 +220,8 @@ def add_domain(
     scores = _train_new_domain(model, data, budget, unit, s, s.epochs, switches=True)
     assert scores is not None
     with torch.no_grad():
-        for block, sc in zip(model.blocks, scores, strict=True):
-            block.masks[d] = (sc > 0).float()
+        for mask, sc in zip(model.gated_masks(), scores, strict=True):
+            mask[d] = (sc > 0).float()
     full = [torch.cat([torch.zeros(d, len(sc)), sc[None]]) for sc in scores]
     cut = enforce_budget(model, full, budget, unit, domains=[d])[data.name]
     recalibrate_bn(model, [data], s.bn_batches, s.batch_size, s.seed, indices=[d])
@@ -261,7 +233,7 @@ def add_domain(
     unchanged_check(old, model)
     growth: dict[str, Any] = {}
     if grow:  # keep the old filters and every filter the new domain uses, nothing else
-        keep = [(b.masks > 0).any(dim=0).nonzero().flatten() for b in model.blocks]
+        keep = union_filters(model)
         model = slice_network(model, keep).eval()
         growth = {
             "filters_added": [
@@ -313,7 +285,7 @@ def remove_domain(
     if len(names) == 1:
         raise ValueError(f"{domain!r} is the version's only domain")
     keep_domains = [i for i, n in enumerate(names) if n != domain]
-    keep = [(b.masks[keep_domains] > 0).any(dim=0).nonzero().flatten() for b in old.blocks]
+    keep = [(m[keep_domains] > 0).any(dim=0).nonzero().flatten() for m in old.gated_masks()]
     new = slice_network(old, keep, keep_domains).eval()
     worst = _outputs_close(old, new, keep_domains)
     out = Manifest(
@@ -328,7 +300,7 @@ def remove_domain(
             "remove_domain": {
                 "from": manifest.version,
                 "domain": domain,
-                "filters_removed": int(sum(b.masks.shape[1] for b in old.blocks))
+                "filters_removed": int(sum(m.shape[1] for m in old.gated_masks()))
                 - int(sum(len(k) for k in keep)),
                 "remaining_max_abs_diff": worst,
             },

@@ -87,15 +87,16 @@ def build_manifest(
 BACKBONE = "backbone.safetensors"  # the unpruned shared convs, kept beside a version
 
 
-def is_shared_conv(key: str) -> bool:
-    """A state-dict key of the convs every domain shares (frozen after pretraining)."""
-    return key == "stem.weight" or key.endswith((".conv1.weight", ".conv2.weight"))
+def shared_conv_keys(model: MultiDomainResNet) -> list[str]:
+    """State-dict keys of the convs every domain shares (frozen after pretraining): every conv,
+    in every architecture."""
+    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
 def backbone(model: MultiDomainResNet) -> bytes:
     """The unpruned network's shared (frozen) convs, as safetensors bytes."""
     state = model.state_dict()
-    return save({k: v.detach().cpu().contiguous() for k, v in state.items() if is_shared_conv(k)})
+    return save({k: state[k].detach().cpu().contiguous() for k in shared_conv_keys(model)})
 
 
 def publish_result(

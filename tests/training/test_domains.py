@@ -220,3 +220,29 @@ def test_every_command_finds_each_domain_by_name_after_add_and_remove(
     assert manifest.sources["stripes"]["source"] == "synthetic"
     served = setup(store, "tiny", precision="int8")
     assert served.runtime.precision == "int8" and list(served.index) == ["colours", "stripes"]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_add_grow_and_remove_domain_on_torchvision_layouts(arch: str, tmp_path: Path) -> None:
+    """The torchvision-layout networks take add-domain (with --grow, so their stem, conv3 and
+    downsample convs travel in the backbone file too) and remove-domain like ResNet-26: old
+    domains unchanged, the removed domain's filters gone, graphs published."""
+    config = tiny_config(
+        domains=[dict(d) for d in TINY_DOMAINS[:2]], name="tiny", arch=arch, width=0.125,
+        resize=36, crop=32, pretrain_epochs=1, epochs=2, budget=0.7,
+    )  # fmt: skip
+    store = tmp_path / "store"
+    publish_result(config, train(config, tmp_path / "run", progress=False), store)
+    _, v1 = load_version(store, "tiny", "v1")
+    added, _ = add_domain(store, "tiny", dict(NEW), budget=0.9, settings=QUICK, grow=True)
+    _, v2 = load_version(store, "tiny", "v2")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        for d in range(2):
+            assert (v1(x, d) - v2(x, d)).abs().max() <= EQUIVALENCE_TOLERANCE
+    assert "graphs/domains/stripes.onnx" in added.files
+    removed, _ = remove_domain(store, "tiny", "shapes")
+    _, v3 = load_version(store, "tiny", "v3")
+    with torch.no_grad():
+        assert (v2(x, 1) - v3(x, 0)).abs().max() <= EQUIVALENCE_TOLERANCE
+    assert removed.spec.domain_names == ("colours", "stripes")
