@@ -50,3 +50,27 @@ def graph_keys(folder: Path, manifest: Manifest, precision: str = "fp32") -> dic
             f"`python -m {make}`"
         )
     return keys
+
+
+DOMAIN_GRAPHS = ("auto", "views", "union")
+# auto: a domain gets its own view graph only where it skips at least this share of the union's
+# MACs; elsewhere the union (mixed) graph serves it, and its weights are not held a second time.
+VIEW_MIN_SAVING = 0.1
+
+
+def view_domains(manifest: Manifest, policy: str = "auto") -> list[str]:
+    """The domains served through their own view graph (only their filters); the others run
+    through the union graph. Each view holds its own sliced copy of the weights: with BAP's
+    sharing loss the domains' filters mostly coincide, so at ResNet-50 size a view that saves
+    little compute would double the memory of "one model for every domain" (docs/benchmarks.md,
+    resnet50). `views`: every domain; `union`: none; `auto`: where the view saves at least
+    VIEW_MIN_SAVING of the union's MACs (every domain for a version that does not record them)."""
+    if policy not in DOMAIN_GRAPHS:
+        raise ValueError(f"domain_graphs {policy!r}; known: {', '.join(DOMAIN_GRAPHS)}")
+    names = list(manifest.spec.domain_names)
+    union = manifest.totals.get("union_macs")
+    if policy == "views" or (policy == "auto" and not union):
+        return names
+    if policy == "union":
+        return []
+    return [d for d in names if manifest.domains[d].macs <= (1 - VIEW_MIN_SAVING) * union]

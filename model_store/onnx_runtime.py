@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .layout import MIXED, graph_keys
+from .layout import MIXED, graph_keys, view_domains
 from .manifest import ArtifactError, Manifest
 from .stored import StoredVersion
 
@@ -63,9 +63,11 @@ class OnnxGraphs:
         stored: StoredVersion,
         threads: int | None = None,
         precision: str = "fp32",
+        domain_graphs: str = "auto",
     ):
         manifest = stored.manifest
         keys = graph_keys(stored.folder, manifest, precision)
+        views = view_domains(manifest, domain_graphs)
         self.precision = precision
         cores = len(os.sched_getaffinity(0))
         self.parallel_batches = max(1, cores // (threads or cores))
@@ -77,12 +79,18 @@ class OnnxGraphs:
 
         labels = {d.name: len(d.labels) for d in manifest.spec.domains}
         self.mixed = session(keys.pop(MIXED), sum(labels.values()))
-        self.domains = {n: session(k, labels[n]) for n, k in keys.items()}
+        self.domains = {n: session(k, labels[n]) for n, k in keys.items() if n in views}
         self.columns = column_slices(manifest)
+        self.index = {name: i for i, name in enumerate(manifest.spec.domain_names)}
 
     def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:
-        """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32."""
-        return self.domains[domain].run(None, {"x": x})[0]
+        """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32: through its own
+        view, or the union graph where it has none (view_domains)."""
+        if domain in self.domains:
+            return self.domains[domain].run(None, {"x": x})[0]
+        index = np.full(len(x), self.index[domain], dtype=np.int64)
+        every_head = self.mixed.run(None, {"x": x, "domains": index})[0]
+        return every_head[:, self.columns[self.index[domain]]]
 
     def run_mixed(self, indices: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
         """Image i through domain number `indices[i]` (int64): one logits vector per image."""

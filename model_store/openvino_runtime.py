@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from .layout import MIXED, graph_keys
+from .layout import MIXED, graph_keys, view_domains
 from .manifest import ArtifactError
 from .onnx_runtime import check_classes, column_slices
 from .stored import StoredVersion
@@ -62,9 +62,11 @@ class OpenVinoGraphs:
         stored: StoredVersion,
         threads: int | None = None,
         precision: str = "fp32",
+        domain_graphs: str = "auto",
     ):
         manifest, core = stored.manifest, ov.Core()
         keys = graph_keys(stored.folder, manifest)  # the fp32 graphs, any precision
+        views = view_domains(manifest, domain_graphs)
 
         def request(key: str, classes: int) -> ov.InferRequest:
             path = stored.folder / key
@@ -76,13 +78,17 @@ class OpenVinoGraphs:
         self.precision = precision
         self.parallel_batches = 1  # one infer request per graph: two batches would share it
         self.mixed = request(keys.pop(MIXED), sum(labels.values()))
-        self.domains = {n: request(k, labels[n]) for n, k in keys.items()}
+        self.domains = {n: request(k, labels[n]) for n, k in keys.items() if n in views}
         self.columns = column_slices(manifest)
+        self.index = {name: i for i, name in enumerate(manifest.spec.domain_names)}
 
     def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:
-        """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32 (a copy: the
-        request's own output buffer is reused by the next batch)."""
-        return self.domains[domain].infer({"x": x})[0]
+        """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32, through its view
+        or the union graph (view_domains); a copy: a request's output buffer is reused."""
+        if domain in self.domains:
+            return self.domains[domain].infer({"x": x})[0]
+        index = np.full(len(x), self.index[domain], dtype=np.int64)
+        return self.mixed.infer({"x": x, "domains": index})[0][:, self.columns[self.index[domain]]]
 
     def run_mixed(self, indices: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
         """Image i through domain number `indices[i]` (int64): one logits vector per image."""

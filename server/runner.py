@@ -43,6 +43,7 @@ class ServedSettings(Protocol):
     runtime: str
     torch_threads: int | None
     precision: str
+    domain_graphs: str
 
 
 class Runtime(Protocol):
@@ -90,7 +91,11 @@ def default_threads(runtime: str) -> int:
 
 
 def load_runtime(
-    stored: StoredVersion, runtime: str, threads: int | None, precision: str = "fp32"
+    stored: StoredVersion,
+    runtime: str,
+    threads: int | None,
+    precision: str = "fp32",
+    domain_graphs: str = "auto",
 ) -> Runtime:
     """The runtime for a version whose manifest the store's record vouched for. Each file is
     checked on the bytes the runtime then loads; ONNX Runtime needs only the graphs, so torch is
@@ -98,7 +103,7 @@ def load_runtime(
     manifest = stored.manifest
     if runtime == "openvino":
         threads = threads or default_threads(runtime)
-        return _openvino(stored, threads, precision)
+        return _openvino(stored, threads, precision, domain_graphs)
     onnx = runtime == "onnx" or (runtime == "auto" and MIXED_KEY in manifest.files)
     if precision != "fp32" and not onnx:
         raise ArtifactError(
@@ -109,7 +114,12 @@ def load_runtime(
         _require_measured(stored, precision)
         from model_store import OnnxGraphs
 
-        return OnnxGraphs(stored, threads or default_threads("onnx"), precision)
+        return OnnxGraphs(stored, threads or default_threads("onnx"), precision, domain_graphs)
+    if domain_graphs != "auto":
+        raise ArtifactError(
+            f"domain_graphs {domain_graphs!r} chooses between compiled graphs; {stored.folder} "
+            "is served by torch: use runtime onnx or openvino with exported graphs"
+        )
     try:
         from model_store import TorchRuntime, load_model
     except ImportError as exc:  # the server-only install (the Docker image) has no torch
@@ -136,7 +146,7 @@ def _require_measured(stored: StoredVersion, precision: str) -> None:
         )
 
 
-def _openvino(stored: StoredVersion, threads: int, precision: str) -> Runtime:
+def _openvino(stored: StoredVersion, threads: int, precision: str, domain_graphs: str) -> Runtime:
     """OpenVINO on the version's graphs; bf16 only once each domain's accuracy is on record."""
     _require_measured(stored, precision)
     try:
@@ -146,7 +156,7 @@ def _openvino(stored: StoredVersion, threads: int, precision: str) -> Runtime:
             f"runtime openvino: OpenVINO is not installed ({exc}); `pip install .[openvino]`, "
             "or build the image with --build-arg BAP_EXTRAS=openvino"
         ) from exc
-    return OpenVinoGraphs(stored, threads, precision)
+    return OpenVinoGraphs(stored, threads, precision, domain_graphs)
 
 
 def setup(
@@ -155,11 +165,12 @@ def setup(
     runtime: str = "auto",
     threads: int | None = None,
     precision: str = "fp32",
+    domain_graphs: str = "auto",
 ) -> Served:
     """Load CURRENT (sha256-verified, graphs included), build the runtime, warm every path."""
     started = time.monotonic()
     stored = open_version(store, name)
-    runner = load_runtime(stored, runtime, threads, precision)
+    runner = load_runtime(stored, runtime, threads, precision, domain_graphs)
     served = Served(stored.manifest, runner, filter_map(stored))
     warm_up(served)
     served.load_seconds = time.monotonic() - started
@@ -167,9 +178,14 @@ def setup(
 
 
 def load_served(settings: ServedSettings) -> Served:
-    """`setup` with the server's settings (store, model, runtime, threads, precision)."""
+    """`setup` with the server's settings (store, model, runtime, threads, precision, graphs)."""
     return setup(
-        settings.store, settings.model, settings.runtime, settings.torch_threads, settings.precision
+        settings.store,
+        settings.model,
+        settings.runtime,
+        settings.torch_threads,
+        settings.precision,
+        settings.domain_graphs,
     )
 
 

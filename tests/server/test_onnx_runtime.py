@@ -46,8 +46,10 @@ async def test_every_domain_and_a_mixed_batch_answer_like_torch(
     compiled_store: Path, runtime: str
 ) -> None:
     reference = Reference(compiled_store)
-    # max_batch_size 1 runs each domain's own graph; mixed batching then runs the mixed graph
-    for overrides in ({"max_batch_size": 1}, {"batching": "mixed", "max_batch_delay_ms": 50}):
+    # max_batch_size 1 runs each domain's own graph (or with domain_graphs union, the union
+    # graph for one domain); mixed batching then runs the mixed graph
+    one_at_a_time = ({"max_batch_size": 1}, {"max_batch_size": 1, "domain_graphs": "union"})
+    for overrides in (*one_at_a_time, {"batching": "mixed", "max_batch_delay_ms": 50}):
         app = create_app(settings_for(compiled_store, runtime=runtime, **overrides))
         async with running(app) as client:
             ready = (await client.get("/readyz")).json()
