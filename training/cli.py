@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--force",
         action="store_true",
-        help="publish even if the export had to cut a domain past the limits (see publish.py)",
+        help="train a stage 2 too short to reach the budget, and publish even if the export "
+        "had to cut a domain past the limits (see publish.py)",
     )
     t.add_argument(
         "--device",
@@ -256,7 +257,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     ranks = distributed.setup(args.device)
     try:
-        result = train(config, run_dir, args.resume, progress=not args.quiet, ranks=ranks)
+        result = train(
+            config,
+            run_dir,
+            args.resume,
+            progress=not args.quiet,
+            ranks=ranks,
+            check_schedule=not args.force,
+        )
     finally:
         distributed.teardown()
     if not ranks.main:

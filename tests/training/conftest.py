@@ -49,6 +49,7 @@ def tiny_config(**changes) -> TrainConfig:
         score_lr=0.1,
         score_momentum=0.0,
         checkpoint_every=2,
+        min_bap_steps=0,  # each test sets its stage-2 length exactly, by epochs
     )
     return base.override(**changes)
 

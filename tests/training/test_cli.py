@@ -96,3 +96,26 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 1
     assert "Traceback" not in err and "Broken pipe" not in err and "BrokenPipe" not in err
+
+
+def test_train_refuses_a_stage_2_too_short_for_the_budget_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "short.json"  # 96 images a domain at batch 16: 1 epoch is 6 steps
+    config.write_text(json.dumps(tiny_config(epochs=1.0, min_bap_steps=0).to_dict()))
+    args = ["train", "--config", str(config), "--store", str(tmp_path / "store")]
+    args += ["--run-dir", str(tmp_path / "run"), "--quiet"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "stage 2 would run 6 steps" in err and "--force" in err
+    assert not list((tmp_path / "run").glob("*.safetensors"))  # refused before any step
+    asked: dict[str, object] = {}
+
+    def train(*args: object, **kwargs: object) -> None:
+        asked.update(kwargs)
+        raise Trained
+
+    monkeypatch.setattr(cli, "train", train)
+    with pytest.raises(Trained):
+        cli.main([*args, "--force"])
+    assert asked["check_schedule"] is False
