@@ -24,7 +24,7 @@ from prometheus_client import make_asgi_app
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import errors, routes
+from . import errors, routes, v2
 from .batching import Batcher
 from .config import Settings
 from .fastpath import RawClassify
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
     app.state.settings, app.state.holder, app.state.batcher = settings, holder, None
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(v2.router)  # the Open Inference Protocol (KServe v2)
     app.router.routes.append(
         Route("/metrics", _Endpoint(make_asgi_app(metrics.registry)), include_in_schema=False)
     )

@@ -2,6 +2,8 @@
 
 Every error a client can cause becomes `{"error": CODE, "detail": "..."}` with a 4xx or 503
 status; only a bug in the server becomes a 500, whose traceback goes to the log, not the body.
+Under /v2 (the Open Inference Protocol) the body is the protocol's `{"error": "..."}`, the
+message that tritonclient raises, with the same status codes.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class BadImage(ApiError, status=400, code="bad_image"):
     """Undecodable, truncated or empty image bytes."""
 
 
+class BadRequest(ApiError, status=400, code="bad_request"):
+    """An inference request body the Open Inference Protocol does not allow, or that does not
+    fit the model's inputs and outputs."""
+
+
 class ClientClosed(ApiError, status=499, code="client_closed_request"):
     """The client went away before sending its whole body (nginx's 499); no one reads this."""
 
@@ -57,6 +64,10 @@ class Forbidden(ApiError, status=403, code="forbidden"):
 
 class UnknownDomain(ApiError, status=404, code="unknown_domain"):
     """A domain the served model does not have."""
+
+
+class UnknownVersion(ApiError, status=404, code="unknown_version"):
+    """A model version other than the one this server serves (v2 API)."""
 
 
 class ReloadRefused(ApiError, status=409, code="reload_refused"):
@@ -102,8 +113,15 @@ class ResultTimeout(Unavailable, code="result_timeout"):
     """An image waited longer than the configured limit for its result."""
 
 
-def error_response(exc: ApiError) -> JSONResponse:
-    body = {"error": exc.code, "detail": exc.detail}
+PROTOCOL_PATH = "/v2"
+
+
+def error_response(exc: ApiError, path: str = "") -> JSONResponse:
+    """The error's body for the API that `path` belongs to."""
+    if path == PROTOCOL_PATH or path.startswith(PROTOCOL_PATH + "/"):
+        body = {"error": exc.detail}  # the protocol's error object: one string
+    else:
+        body = {"error": exc.code, "detail": exc.detail}
     return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
@@ -142,7 +160,7 @@ def render(exc: Exception, method: str, path: str) -> JSONResponse:
     error = _translate(exc)
     if error.status >= 500 and not isinstance(error, Unavailable):
         log.error("unhandled error on %s %s", method, path, exc_info=exc)
-    return error_response(error)
+    return error_response(error, path)
 
 
 async def handle(request: Request, exc: Exception) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import parse_qs
 
@@ -11,6 +12,8 @@ from .errors import TooLarge, error_response
 from .metrics import Metrics
 
 CLASSIFY_PATHS = ("/classify", "/classify/batch")
+# POST /v2/models/{domain}[/versions/{v}]/infer: the Open Inference Protocol's classify
+V2_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 
 
 class BodyLimit:
@@ -29,7 +32,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            return await error_response(self._error(int(declared)))(scope, receive, send)
+            error = self._error(int(declared))
+            return await error_response(error, scope["path"])(scope, receive, send)
         seen = 0
 
         async def counted() -> Message:
@@ -48,17 +52,28 @@ class BodyLimit:
         return TooLarge(f"request body is {at_least}{size} bytes; the limit is {self.limit}")
 
 
+def classify_domain(scope: Scope) -> str | None:
+    """The domain a classify or v2 infer request names ("" if none); None for other requests."""
+    path = scope["path"]
+    if path in CLASSIFY_PATHS:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        return query.get("domain", [""])[0]
+    if path.startswith("/v2/") and (match := V2_INFER.fullmatch(path)):
+        return match[1]
+    return None
+
+
 class RequestMetrics:
-    """Duration, outcome and in-flight count of every classify request, by known domain."""
+    """Duration, outcome and in-flight count of every classify and v2 infer request, by known
+    domain."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in CLASSIFY_PATHS:
+        if scope["type"] != "http" or (name := classify_domain(scope)) is None:
             return await self.app(scope, receive, send)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        domain = self.metrics.domain_label(query.get("domain", [None])[0])
+        domain = self.metrics.domain_label(name)
         code = 500  # what the client gets if the app raises before answering
         started = time.perf_counter()
 

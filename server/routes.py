@@ -110,10 +110,15 @@ class ClassifyCall:
             raise UnknownDomain(f"unknown domain {domain!r}; known domains: {known}")
         return cls(served, state.settings, batcher, state.decode_slots, domain, top_k)
 
-    async def decode(self, images: list[tuple[str | None, bytes]], many: bool) -> list[np.ndarray]:
+    async def decode(
+        self,
+        images: list[tuple[str | None, bytes]],
+        many: bool,
+        part: str = "file part {i} ({name})",
+    ) -> list[np.ndarray]:
         """Every image decoded in order, off the event loop in one thread hop (one small image:
         on the loop); the first bad one stops the rest (nothing is decoded or run after it),
-        named by its part if many."""
+        named by `part` if many (the v2 API names tensor elements, not file parts)."""
 
         def decode_all() -> list[np.ndarray]:
             out = []
@@ -123,7 +128,7 @@ class ClassifyCall:
                 except ImageError as exc:  # keep the type (400 or 413)
                     if not many:
                         raise
-                    raise type(exc)(f"file part {i} ({filename}): {exc}") from exc
+                    raise type(exc)(f"{part.format(i=i, name=filename)}: {exc}") from exc
             return out
 
         limit = self.settings.max_pixels
@@ -134,16 +139,19 @@ class ClassifyCall:
                 pass  # only larger than the inline size (its header said so): decode in a thread
         return await anyio.to_thread.run_sync(decode_all, limiter=self.decode_slots)
 
-    async def predict(self, x: np.ndarray) -> list[Prediction]:
-        """Wait for this image's own result from its batch."""
+    async def scores(self, x: np.ndarray) -> np.ndarray:
+        """Wait for this image's own softmax vector from its batch."""
         try:
             async with asyncio.timeout(self.settings.result_timeout_s):
-                probs = await self.batcher.submit(self.served, self.domain, x)
+                return await self.batcher.submit(self.served, self.domain, x)
         except TimeoutError:
             raise ResultTimeout(
                 f"no result within {self.settings.result_timeout_s} s (result_timeout_s)"
             ) from None
-        return encode(self.served, self.domain, probs, self.top_k)
+
+    async def predict(self, x: np.ndarray) -> list[Prediction]:
+        """This image's top-k from its batch."""
+        return encode(self.served, self.domain, await self.scores(x), self.top_k)
 
     async def classify(self, image: bytes) -> ClassifyResponse:
         """One raw image through decode, its batch and top-k."""
