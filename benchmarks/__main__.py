@@ -1,4 +1,5 @@
-"""`python -m benchmarks [model|server|memory|http|all] [--quick]`: run, write JSON, make the doc.
+"""`python -m benchmarks [model|server|memory|http|resnet50|all] [--quick]`: run, write JSON, make
+the doc.
 
 Full settings are sized so that `all` finishes in under 10 minutes on 2 busy cores; `--quick`
 runs every code path on a tiny network in seconds (the smoke test uses it).
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import http_bench, levers, memory_bench, model_bench, report, server_bench
+from . import http_bench, levers, memory_bench, model_bench, report, resnet50_bench, server_bench
 from .common import DOC, RESULTS, ROOT, machine, write_result
 from .workloads import BUNDLED, HEADLINE, Shape
 
@@ -51,6 +52,12 @@ def suites(
     lever_shape = TINY if quick else HEADLINE
     mem = memory_bench.Settings(16, shape=TINY, domains=2) if quick else memory_bench.Settings(64)
     web = http_bench.Settings(BUNDLED_STORE, "embedded", "fashion")
+    r50 = resnet50_bench.Settings()
+    if quick:
+        r50 = resnet50_bench.Settings(
+            Shape(32, 0.125, "resnet50"), domains=2, batches=(1,), timing_seconds=0.05,
+            clients=4, load_seconds=1.0, warmup_s=0.0, max_requests=40,
+        )  # fmt: skip
     if quick:
         web = replace(web, clients=(1, 2), seconds=1.0, warmup_s=0.0, inprocess_seconds=0.05)
     lever_args = {
@@ -67,6 +74,7 @@ def suites(
         "server": [("server", lambda: server_bench.measure(s), s)],
         "memory": [("memory", lambda: memory_bench.measure(mem), mem)],
         "http": [("http", lambda: http_bench.measure(web), web)],
+        "resnet50": [("resnet50", lambda: resnet50_bench.measure(r50), r50)],
     }
 
 
@@ -77,7 +85,10 @@ def _settings_dict(settings: object) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "suite", nargs="?", default="all", choices=["model", "server", "memory", "http", "all"]
+        "suite",
+        nargs="?",
+        default="all",
+        choices=["model", "server", "memory", "http", "resnet50", "all"],
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run")
     parser.add_argument(

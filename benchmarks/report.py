@@ -247,6 +247,51 @@ def memory_section(result: dict[str, Any]) -> str:
     )
 
 
+def resnet50_section(result: dict[str, Any]) -> str:
+    f = result["figures"]
+    speed = [
+        [
+            g["domain"], g["batch"], f"{g['unpruned_ms']:.1f}", f"{g['view_ms']:.1f}",
+            f"{g['union_ms']:.1f}", f"{g['view_speedup']:.2f}x / {g['view_macs_ratio']:.2f}x",
+            f"{g['union_speedup']:.2f}x / {g['union_macs_ratio']:.2f}x",
+        ]
+        for g in f["graph_speed"]
+    ]  # fmt: skip
+    o, s = f["ours"], f["singles"]
+    servers = [
+        ["one pruned server, every domain", f"{o['throughput']:.1f}", f"{o['p99_ms']:.0f}",
+         *f["ours_memory_mib"].values(), sum(o["errors"].values())],
+        [f"{len(f['domain_cost_fractions'])} unpruned single-domain servers",
+         f"{s['throughput']:.1f}", f"{s['p99_ms']:.0f}", *f["singles_memory_mib"].values(),
+         sum(s["errors"].values())],
+    ]  # fmt: skip
+    return "\n\n".join(
+        [
+            "## ResNet-50 at 224 px: where pruning pays",
+            run_line(result),
+            f"Domain cost fractions (MACs): {f['domain_cost_fractions']}; views loaded by "
+            f"`domain_graphs` auto: {f['views_loaded'] or 'none (every domain via the union)'}.",
+            table(
+                [
+                    "domain",
+                    "batch",
+                    "unpruned ms",
+                    "own view ms",
+                    "union ms",
+                    "view speed-up / MACs ratio",
+                    "union speed-up / MACs ratio",
+                ],
+                speed,
+            ),  # fmt: skip
+            table(["", "req/s", "p99 ms", "RSS MiB", "PSS MiB", "USS MiB", "errors"], servers),
+            f"One server / the single-domain servers: RSS {f['rss_ratio']:.2f}, PSS "
+            f"{f['pss_ratio']:.2f}, req/s {f['throughput_ratio']:.2f}. In-process ceiling "
+            f"(decode + forward, batch 16, every core): {f['ceiling']['images_per_s']:.1f} img/s; "
+            f"the server reaches {f['server_over_ceiling']:.2f} of it.",
+        ]
+    )
+
+
 def _runtime_targets(rows: list[Row], shape: str, budget: float = 0.5) -> list[list[object]]:
     """Issue 12: the pruned speed-up through ONNX Runtime at the largest batch, against the
     unpruned network in ONNX Runtime, as a share of the MACs ratio; and ORT vs torch."""
@@ -513,6 +558,34 @@ def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
                     _ok(v < 1),
                 ]
             )
+    if "resnet50" in results:
+        out += _resnet50_targets(results["resnet50"]["figures"])
+    return out
+
+
+def _resnet50_targets(f: dict[str, Any]) -> list[list[object]]:
+    """Issue 28's serving targets at ResNet-50 224 px."""
+    best = {}
+    for g in f["graph_speed"]:
+        if g["batch"] == 16:  # the faster of the two paths the server can take for a domain
+            best[g["domain"]] = max(
+                g["view_speedup_over_macs_ratio"], g["union_speedup_over_macs_ratio"]
+            )
+    out = []
+    if best:
+        worst = min(best.values())
+        out.append(
+            ["ResNet-50 224 px β 0.5: speed-up ÷ MACs ratio, batch 16 (worst domain)",
+             f"{worst:.2f}", "≥ 0.8", _ok(worst >= 0.8)]
+        )  # fmt: skip
+    out += [
+        ["4 domains in one ResNet-50 server ÷ 4 unpruned servers: RSS", f"{f['rss_ratio']:.2f}",
+         "≤ 0.35", _ok(f["rss_ratio"] <= 0.35)],
+        ["same: req/s at 32 clients over the 4 domains", f"{f['throughput_ratio']:.2f}",
+         "≥ 1.7", _ok(f["throughput_ratio"] >= 1.7)],
+        ["our server ÷ its in-process ceiling, ResNet-50 224 px, 32 clients",
+         f"{f['server_over_ceiling']:.2f}", "≥ 0.9", _ok(f["server_over_ceiling"] >= 0.9)],
+    ]  # fmt: skip
     return out
 
 
@@ -532,6 +605,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "server": server_section,
         "memory": memory_section,
         "http": http_section,
+        "resnet50": resnet50_section,
     }
     parts = [
         "# Benchmarks",

@@ -27,6 +27,7 @@ from model_store import (
     build_model,
     cost_fraction,
     domain_cost,
+    export_graphs,
     filter_costs,
     model_parameters,
     publish_version,
@@ -38,14 +39,16 @@ CLASSES = 10
 
 @dataclass(frozen=True)
 class Shape:
-    """Input side and width multiplier of the backbone under test."""
+    """Input side, width multiplier and architecture of the backbone under test."""
 
     input_size: int
     width: float
+    arch: str = "resnet26_decathlon"
 
     @property
     def label(self) -> str:
-        return f"{self.input_size}px, width {self.width:g}"
+        arch = "" if self.arch == "resnet26_decathlon" else f"{self.arch}, "
+        return f"{arch}{self.input_size}px, width {self.width:g}"
 
 
 HEADLINE = Shape(64, 1.0)  # the Decathlon setting perf-anchors.md measured
@@ -62,7 +65,9 @@ def bench_spec(shape: Shape, num_domains: int) -> ModelSpec:
     domains = tuple(
         DomainSpec(f"d{i}", tuple(f"c{j}" for j in range(CLASSES)), pre) for i in range(num_domains)
     )
-    return ModelSpec(domains=domains, width=shape.width, input_size=shape.input_size)
+    return ModelSpec(
+        domains=domains, width=shape.width, input_size=shape.input_size, arch=shape.arch
+    )
 
 
 @torch.no_grad()
@@ -104,8 +109,11 @@ def domain_fraction(model: MultiDomainResNet, domain: int) -> float:
     return float(cost_fraction(model.spec, "macs", domain, masks))
 
 
-def publish(store: Path, model: MultiDomainResNet, name: str, budget: float) -> str:
-    """Publish `model` as `name` (made CURRENT), with its measured costs in the manifest."""
+def publish(
+    store: Path, model: MultiDomainResNet, name: str, budget: float, graphs: bool = False
+) -> str:
+    """Publish `model` as `name` (made CURRENT), with its measured costs in the manifest (and
+    with `graphs`, its compiled graphs, as training publishes them)."""
     spec = model.spec
     domains = {}
     for i, d in enumerate(spec.domain_names):
@@ -122,10 +130,11 @@ def publish(store: Path, model: MultiDomainResNet, name: str, budget: float) -> 
         budget=budget,
         budget_unit="macs",
         domains=domains,
-        totals={"parameters": float(model_parameters(spec))},
+        totals={"parameters": float(model_parameters(spec)), "union_macs": executed_macs(model)},
         provenance={"source": "benchmarks: random weights, random nested masks"},
     )
-    return publish_version(store, model, manifest)
+    files = export_graphs(model) if graphs else {}
+    return publish_version(store, model, manifest, extra_files=files).version
 
 
 def png_bytes(side: int, seed: int) -> bytes:

@@ -21,6 +21,7 @@ SECTIONS = {
     "server": "## Server level",
     "memory": "## Memory",
     "http": "## HTTP",
+    "resnet50": "## ResNet-50 at 224 px",
 }
 
 
@@ -126,3 +127,11 @@ def test_threads_probe_prints_a_table(capsys: pytest.CaptureFixture[str]) -> Non
     threads_probe.main(["1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| threads") and len(lines) == 5
+
+
+def test_resnet50_suite(tmp_path: Path) -> None:
+    results, text = run_suite("resnet50", tmp_path)
+    f = results["resnet50"]["figures"]
+    assert {g["batch"] for g in f["graph_speed"]} == {1} and f["ours"]["ok"] > 0
+    assert not f["ours"]["errors"] and not f["singles"]["errors"]
+    assert f["rss_ratio"] > 0 and "ResNet-50 at 224 px" in text

@@ -1,0 +1,202 @@
+"""ResNet-50 at 224 px, the size where pruning pays: each domain's graph against the unpruned
+network in ONNX Runtime, one four-domain server against four single-domain unpruned servers
+(req/s at 32 clients spread over the domains, RSS and PSS of every process), and our server
+against its own in-process ceiling.
+
+Random weights and nested budget masks (workloads.masked_network): timing depends only on which
+filters exist. The single-domain servers serve a full ResNet-50 each, as a user who fine-tuned
+one network per domain would deploy it, through the same server and runtime as ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model_store import (
+    MultiDomainResNet,
+    baseline_cost,
+    domain_view,
+    export_graphs,
+    make_session,
+    open_version,
+    prune_to_union,
+)
+from model_store.layout import MIXED_KEY, domain_key, view_domains
+
+from .common import process_memory, time_calls
+from .inprocess import InProcess
+from .loadgen import Load, run_load
+from .process import Server, serve
+from .workloads import (
+    Shape,
+    domain_fraction,
+    executed_macs,
+    masked_network,
+    png_bytes,
+    publish,
+)
+
+log = logging.getLogger(__name__)
+RESNET50 = Shape(224, 1.0, "resnet50")
+
+
+@dataclass(frozen=True)
+class Settings:
+    shape: Shape = RESNET50
+    domains: int = 4
+    budget: float = 0.5
+    batches: tuple[int, ...] = (1, 16)
+    timing_seconds: float = 4.0
+    clients: int = 32
+    load_seconds: float = 30.0
+    warmup_s: float = 5.0
+    max_requests: int = 100_000
+
+
+def measure(s: Settings) -> dict[str, Any]:
+    masked = masked_network(s.shape, s.domains, s.budget, seed=11)
+    pruned = prune_to_union(masked).eval()
+    names = list(pruned.domain_names)
+    image = png_bytes(s.shape.input_size + s.shape.input_size // 7, seed=0)
+    with tempfile.TemporaryDirectory(prefix="bap-r50-") as tmp:
+        store, logs = Path(tmp) / "store", Path(tmp)
+        publish(store, pruned, "all", s.budget, graphs=True)
+        for i, name in enumerate(names):
+            full = _unpruned_single(s.shape, seed=100 + i)
+            publish(store, full, f"full-{name}", 1.0, graphs=True)
+        speed = _graph_speed(pruned, s)
+        with serve(store, "all", logs) as ours:
+            served = _load([(ours, names)], s, image)
+            ours_memory = process_memory(ours.pid)
+        with ExitStack() as stack:
+            # each single-domain model's one domain is named d0 (workloads.bench_spec)
+            singles = [
+                (stack.enter_context(serve(store, f"full-{n}", logs)), ["d0"]) for n in names
+            ]
+            single_load = _load(singles, s, image)
+            single_memory = [process_memory(server.pid) for server, _ in singles]
+        ceiling = InProcess(store, "all", threads=len(os.sched_getaffinity(0))).throughput(
+            [names[0]] * 16, False, image, s.timing_seconds
+        )
+        views = view_domains(open_version(store, "all").manifest)
+    singles_total = {k: sum(m[k] for m in single_memory) for k in ours_memory}
+    return {
+        "graph_speed": speed,
+        "views_loaded": views,
+        "domain_cost_fractions": [round(domain_fraction(masked, d), 4) for d in range(s.domains)],
+        "ours": served,
+        "singles": single_load,
+        "ours_memory_mib": _mib(ours_memory),
+        "singles_memory_mib": _mib(singles_total),
+        "rss_ratio": ours_memory["rss"] / singles_total["rss"],
+        "pss_ratio": ours_memory["pss"] / singles_total["pss"],
+        "throughput_ratio": served["throughput"] / single_load["throughput"],
+        "ceiling": ceiling,
+        "server_over_ceiling": served["throughput"] / ceiling["images_per_s"],
+    }
+
+
+@torch.no_grad()
+def _unpruned_single(shape: Shape, seed: int) -> MultiDomainResNet:
+    """A full one-domain ResNet-50 with random BN statistics: one independent fine-tuned model."""
+    one = masked_network(shape, 1, 1.0, seed=seed)
+    for mask in one.gated_masks():
+        mask.fill_(1.0)
+    return one
+
+
+def _graph_speed(pruned: MultiDomainResNet, s: Settings) -> list[dict[str, Any]]:
+    """Per domain and batch: its own view (only its filters) and the union graph against the
+    unpruned network, one ONNX Runtime thread each (as the server runs a batch), interleaved;
+    the speed-up divided by the MACs ratio says how much of the pruning the runtime turns into
+    time."""
+    graphs = export_graphs(pruned)
+    unpruned = export_graphs(_unpruned_single(s.shape, seed=7))[domain_key("d0")]
+    sessions = {k: make_session(v, 1) for k, v in graphs.items()}
+    full = make_session(unpruned, 1)
+    baseline = baseline_cost(pruned.spec, "macs", 0)
+    rows = []
+    for d, name in enumerate(pruned.domain_names):
+        view = domain_view(pruned, d)
+        own_macs, union_macs = executed_macs(view), executed_macs(pruned)
+        for batch in s.batches:
+            x = np.random.default_rng(batch).standard_normal(
+                (batch, 3, s.shape.input_size, s.shape.input_size), dtype=np.float32
+            )
+            index = np.full(batch, d, dtype=np.int64)
+            feeds = [
+                (sessions[domain_key(name)], {"x": x}),
+                (sessions[MIXED_KEY], {"x": x, "domains": index}),
+                (full, {"x": x}),
+            ]
+            own, union, unpruned_t = time_calls(
+                [partial(session.run, None, feed) for session, feed in feeds], s.timing_seconds
+            )
+            rows.append(
+                {
+                    "domain": name,
+                    "batch": batch,
+                    "unpruned_ms": unpruned_t.median * 1e3,
+                    "view_ms": own.median * 1e3,
+                    "union_ms": union.median * 1e3,
+                    "view_speedup": unpruned_t.median / own.median,
+                    "union_speedup": unpruned_t.median / union.median,
+                    "view_macs_ratio": baseline / own_macs,
+                    "union_macs_ratio": baseline / union_macs,
+                    "view_speedup_over_macs_ratio": unpruned_t.median
+                    / own.median
+                    / (baseline / own_macs),
+                    "union_speedup_over_macs_ratio": unpruned_t.median
+                    / union.median
+                    / (baseline / union_macs),
+                }
+            )
+            log.info("resnet50 %s", rows[-1])
+    return rows
+
+
+def _load(servers: list[tuple[Server, list[str]]], s: Settings, image: bytes) -> dict[str, Any]:
+    """s.clients closed-loop clients, split evenly over the servers, each cycling through its
+    domains; summed throughput, the worst p99 and every error."""
+    results: list[dict[str, Any]] = [{} for _ in servers]
+
+    def drive(i: int, server: Server, domains: list[str]) -> None:
+        load = Load(
+            tuple(domains), s.clients // len(servers), s.load_seconds, s.warmup_s, s.max_requests
+        )
+        results[i] = run_load(server.url, load, image)
+
+    threads = [
+        threading.Thread(target=drive, args=(i, server, domains))
+        for i, (server, domains) in enumerate(servers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return {
+        "throughput": sum(r["throughput"] for r in results),
+        "p50_ms": max(r["p50_ms"] or 0 for r in results),
+        "p99_ms": max(r["p99_ms"] or 0 for r in results),
+        "ok": sum(r["ok"] for r in results),
+        "errors": errors,
+    }
+
+
+def _mib(values: dict[str, int]) -> dict[str, float]:
+    return {k: round(v / 2**20, 1) for k, v in values.items()}
