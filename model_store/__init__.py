@@ -13,6 +13,7 @@ from .errors import ArtifactError, one_line
 from .layout import MIXED_KEY, PRECISIONS, domain_key, mixed_key
 from .manifest import FORMAT_VERSION, DomainMetrics, Manifest, PrecisionRecord
 from .preprocess import (
+    ACCEPTED_FORMATS,
     ImageError,
     ImageTooLarge,
     decode_image,
@@ -115,6 +116,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ACCEPTED_FORMATS",
     "ARCH_BUILDERS",
     "FORMAT_VERSION",
     "UNITS",

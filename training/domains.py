@@ -42,7 +42,7 @@ from model_store import (
     union_filters,
 )
 
-from .data import DomainData, train_batch
+from .data import DomainData, RoundRobin, TrainStream, recipe
 from .evaluate import accuracy, domain_metrics, model_totals
 from .prune import enforce_budget
 from .publish import BACKBONE, EQUIVALENCE_TOLERANCE, provenance
@@ -68,10 +68,13 @@ class AddDomainSettings:
     seed: int = 0
 
 
-def grown(old: MultiDomainResNet, data: DomainData, pre_from: int = 0) -> MultiDomainResNet:
+def grown(
+    old: MultiDomainResNet, data: DomainData, normalization: str = "data"
+) -> MultiDomainResNet:
     """The old network with one more domain: its tensors copied, the new domain's BN affines
-    the mean of the old domains', its statistics and head fresh, every kept filter on."""
-    spec = old.spec.with_domains((*old.spec.domains, data.domain_spec()))
+    the mean of the old domains', its statistics and head fresh, every kept filter on. The new
+    domain is normalised as the version's training run normalised its domains."""
+    spec = old.spec.with_domains((*old.spec.domains, data.domain_spec(normalization)))
     new = build_model(spec)
     old_state, new_state = old.state_dict(), new.state_dict()
     with torch.no_grad():
@@ -123,9 +126,11 @@ def _train_new_domain(
     s: AddDomainSettings,
     epochs: float,
     switches: bool,
+    augment: str,
 ) -> list[torch.Tensor] | None:
     """Train the last domain's BN rows and head, and with `switches` its switch scores (live
     straight-through masks, cost under `budget` by dual ascent); else with its stored masks.
+    Batches are shuffled passes over the training split, augmented by the version's recipe.
     Returns the final scores (with switches)."""
     d, spec = len(model.spec.domains) - 1, model.spec
     pre = spec.domains[d].preprocess
@@ -140,11 +145,12 @@ def _train_new_domain(
     sgd = torch.optim.SGD(groups, momentum=0.9)
     costs, multiplier = filter_costs(spec, unit), 0.0
     steps = max(1, math.ceil(epochs * len(data.train) / s.batch_size))
-    generator = torch.Generator().manual_seed(s.seed + int(switches))
+    seed = s.seed + int(switches)
+    sampler = RoundRobin([data], min(s.batch_size, len(data.train)), seed)
+    stream = TrainStream([data], sampler, torch.Generator().manual_seed(seed), augment)
     model.train()
     for _ in tqdm(range(steps), desc="add-domain", leave=False, disable=None):
-        idx = torch.randint(0, len(data.train), (s.batch_size,), generator=generator)
-        x, y = train_batch(data, pre, idx, generator)
+        x, y = stream.next(0, pre)
         masks = None if scores is None else [binary_step(sc) for sc in scores]
         loss = torch.nn.functional.cross_entropy(model(x, d, masks), y)
         if masks is not None:
@@ -154,6 +160,7 @@ def _train_new_domain(
         sgd.zero_grad()
         loss.backward()
         sgd.step()  # old domains' rows get zero gradient (no weight decay): they never move
+    stream.close()
     return None if scores is None else [sc.detach() for sc in scores]
 
 
@@ -212,12 +219,15 @@ def add_domain(
     budget = manifest.budget if budget is None else budget
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
+    augment, normalization = recipe(
+        config.get("augment"), config.get("normalize"), bool(config.get("pretrained"))
+    )
     torch.manual_seed(s.seed)
-    model = grown(old, data)
+    model = grown(old, data, normalization)
     d = len(model.spec.domains) - 1
     unit = manifest.budget_unit
     recalibrate_bn(model, [data], s.bn_batches, s.batch_size, s.seed, indices=[d])
-    scores = _train_new_domain(model, data, budget, unit, s, s.epochs, switches=True)
+    scores = _train_new_domain(model, data, budget, unit, s, s.epochs, True, augment)
     assert scores is not None
     with torch.no_grad():
         for mask, sc in zip(model.gated_masks(), scores, strict=True):
@@ -226,7 +236,7 @@ def add_domain(
     cut = enforce_budget(model, full, budget, unit, domains=[d])[data.name]
     recalibrate_bn(model, [data], s.bn_batches, s.batch_size, s.seed, indices=[d])
     if s.recovery_epochs > 0:  # masks final: BN + head fine-tuned, statistics again
-        _train_new_domain(model, data, budget, unit, s, s.recovery_epochs, switches=False)
+        _train_new_domain(model, data, budget, unit, s, s.recovery_epochs, False, augment)
         recalibrate_bn(model, [data], s.bn_batches, s.batch_size, s.seed, indices=[d])
     _restore(model, old)
     model.eval()

@@ -41,7 +41,7 @@ from model_store import (
 )
 
 from .bf16 import cpu_name
-from .data import DomainData, centre_crops
+from .data import DomainData, eval_works, load_batches, normalized
 from .evaluate import split_accuracy
 from .stored_data import stored_domains
 
@@ -90,8 +90,11 @@ def quantize_version(
     mixed_feeds: list[dict[str, np.ndarray]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, spec, data in stored_domains(stored.manifest):
-            x = centre_crops(data, data.train.images[:calibration_images], spec.preprocess).numpy()
-            feeds = [{"x": x[i : i + BATCH]} for i in range(0, len(x), BATCH)]
+            works = eval_works(data, "train", BATCH, limit=calibration_images)
+            feeds = [
+                {"x": normalized(pixels, spec.preprocess).numpy()}
+                for pixels, _ in load_batches([data], works)
+            ]
             mixed_feeds += [f | {"domains": np.full(len(f["x"]), index)} for f in feeds]
             graph = stored.read(domain_key(spec.name))
             quantized = files[domain_key(spec.name, "int8")] = _quantize(graph, feeds, Path(tmp))

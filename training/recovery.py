@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from model_store import DomainBatchNorm, MultiDomainResNet, baseline_cost, domain_cost, filter_costs
 
-from .data import DomainData, centre_crops
+from .data import EVAL, DomainData, Work, load_batches, normalized
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,13 @@ def recalibrate_bn(
     seed: int,
     indices: Sequence[int] | None = None,
     progress: tqdm | None = None,
+    workers: int | None = None,
 ) -> None:
     """Every domain's BN running mean/var := the average over `batches` seeded batches of its
-    training images, run through the network with its final (stored) masks. `indices`: the
-    network's domain number of each `data` entry (default: data[d] is domain d); `progress`:
-    a bar advanced once a batch (at 224 px this takes minutes).
+    training images (cut as served), run through the network with its final (stored) masks.
+    `indices`: the network's domain number of each `data` entry (default: data[d] is domain d);
+    `progress`: a bar advanced once a batch (at 224 px this takes minutes); `workers`: loader
+    processes for domains read from files (see `training.data.load_batches`).
 
     Deterministic for a seed, so a resumed or repeated call gives the same statistics.
     """
@@ -96,11 +98,14 @@ def recalibrate_bn(
                 bn.running_mean[d].zero_()
                 bn.running_var[d].fill_(1.0)
             order = torch.randperm(len(domain.train), generator=generator)
-            for k in range(batches):
-                idx = order[(k * batch_size) % len(order) :][:batch_size]
+            works = (
+                Work(0, "train", order[(k * batch_size) % len(order) :][:batch_size], EVAL)
+                for k in range(batches)
+            )
+            for k, (pixels, _) in enumerate(load_batches([domain], works, workers)):
                 for bn in norms:
                     bn.momentum = 1.0 / (k + 1)  # running value = mean over the batches so far
-                model(centre_crops(domain, domain.train.images[idx], pre).to(device), d)
+                model(normalized(pixels, pre).to(device), d)
                 if progress is not None:
                     progress.update(1)
     finally:

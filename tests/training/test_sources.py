@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from model_store import Preprocess, decode_image, eval_pixels
-from training.data import DomainData, ImageSplit
+from training.data import SQUARE, DomainData, Work, load_batches
 from training.sources import SOURCES, SourceError, common, load_domain, packaged
 from training.sources.idx import read_idx
 from training.sources.skimage_data import TEXTURE_PHOTOS, cut_patches
@@ -59,14 +59,21 @@ def split_sizes(data: DomainData) -> tuple[int, int]:
     return len(data.train), len(data.test)
 
 
-def holds(split: ImageSplit, image: torch.Tensor) -> bool:
-    return any(torch.equal(image, stored) for stored in split.images)
+def squares(data: DomainData, which: str) -> torch.Tensor:
+    """Every image of a split as its stored `resize` square (decoded here if read from files)."""
+    rows = torch.arange(len(data.split(which)))
+    return next(load_batches([data], [Work(0, which, rows, SQUARE)], workers=0))[0]
+
+
+def holds(data: DomainData, which: str, image: torch.Tensor) -> bool:
+    return any(torch.equal(image, stored) for stored in squares(data, which))
 
 
 def check_shapes(data: DomainData, resize: int = RESIZE) -> None:
-    for split in (data.train, data.test):
-        assert split.images.dtype == torch.uint8
-        assert split.images.shape[1:] == (3, resize, resize)
+    for which in ("train", "test"):
+        images = squares(data, which)
+        assert images.dtype == torch.uint8
+        assert images.shape[1:] == (3, resize, resize)
 
 
 # ---------------------------------------------------------------- registry and common args
@@ -126,7 +133,7 @@ def test_folder_with_train_and_test(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert data.test.targets.tolist() == [1, 1]
     check_shapes(data)
     for path in (tmp_path / "test" / "zebra").iterdir():
-        assert holds(data.test, stored(path))
+        assert holds(data, "test", stored(path))
 
 
 def test_folder_without_split_is_stratified_and_limited(tmp_path: Path) -> None:
@@ -138,7 +145,7 @@ def test_folder_without_split_is_stratified_and_limited(tmp_path: Path) -> None:
     small = load_domain({**entry, "train_limit": 5, "test_limit": 2, "seed": 1}, RESIZE, CROP)
     assert split_sizes(small) == (5, 2)
     again = load_domain({**entry, "train_limit": 5, "test_limit": 2, "seed": 1}, RESIZE, CROP)
-    assert torch.equal(small.train.images, again.train.images)
+    assert torch.equal(squares(small, "train"), squares(again, "train"))
 
 
 def test_folder_errors(tmp_path: Path) -> None:
@@ -216,7 +223,7 @@ def test_decathlon_trains_on_train_and_tests_on_val(tmp_path: Path, relative_to_
     assert split_sizes(data) == (6, 3)
     assert sorted(data.train.targets.tolist()) == [0, 0, 0, 1, 1, 1]
     for path in (tmp_path / "data" / "toy" / "val").iterdir():
-        assert holds(data.test, stored(path)) and not holds(data.train, stored(path))
+        assert holds(data, "test", stored(path)) and not holds(data, "train", stored(path))
 
 
 def test_decathlon_options_and_errors(tmp_path: Path) -> None:
@@ -277,7 +284,7 @@ def test_idx_source_stores_what_serving_sees(tmp_path: Path) -> None:
     assert split_sizes(data) == (4, 2) and data.labels[0] == "T-shirt/top"
     png = tmp_path / "first.png"
     Image.fromarray(images[4]).save(png)
-    assert holds(data.test, stored(png, 36))
+    assert holds(data, "test", stored(png, 36))
 
 
 def test_missing_idx_files_name_the_install_command(tmp_path: Path) -> None:
@@ -356,8 +363,8 @@ def test_animal_mnist_deduplicated_before_a_disjoint_split() -> None:
     assert data.labels == packaged.ANIMAL_LABELS
     test_counts = torch.bincount(data.test.targets, minlength=10)
     assert int(test_counts.sum()) in range(1930, 1950) and int(test_counts.min()) > 150
-    train_rows = {bytes(img.numpy()) for img in data.train.images}
-    assert not any(bytes(img.numpy()) in train_rows for img in data.test.images)
+    train_rows = {bytes(img.numpy()) for img in squares(data, "train")}
+    assert not any(bytes(img.numpy()) in train_rows for img in squares(data, "test"))
     assert len(train_rows) == len(data.train)
 
 
@@ -386,8 +393,8 @@ def test_textures_split_by_region() -> None:
     assert data.labels == TEXTURE_PHOTOS and data.hflip
     assert torch.bincount(data.train.targets).tolist() == [21 * 29] * 3
     assert torch.bincount(data.test.targets).tolist() == [5 * 29] * 3
-    train_rows = {bytes(img.numpy()) for img in data.train.images}
-    assert not any(bytes(img.numpy()) in train_rows for img in data.test.images)
+    train_rows = {bytes(img.numpy()) for img in squares(data, "train")}
+    assert not any(bytes(img.numpy()) in train_rows for img in squares(data, "test"))
     for photos in (["moon"], ["brick", "brick"], []):
         with pytest.raises(SourceError, match="photos must be distinct names"):
             load_domain({"source": "textures", "name": "t", "photos": photos}, 36, 32)
@@ -444,5 +451,5 @@ def test_elpv_cells_agree_with_the_package_reader(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     images, real_probs, real_types = load_dataset(str(tmp_path / "labels.csv"))
     assert np.array_equal(real_probs, probs[rows]) and list(real_types) == list(cell_types[rows])
-    decoded, ok = common.decode_arrays(images, RESIZE)
-    assert ok.all() and torch.equal(decoded, torch.stack([stored(paths[i]) for i in rows]))
+    decoded = common.read_arrays(images, np.zeros(len(images)), RESIZE).images
+    assert torch.equal(decoded, torch.stack([stored(paths[i]) for i in rows]))

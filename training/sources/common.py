@@ -2,7 +2,8 @@
 package data, and turning chosen items into a `DomainData`.
 
 Subsets are picked as indices *before* any image is decoded or resized, so a run with
-`train_limit=2000` never pays for the other 58,000 images.
+`train_limit=2000` never pays for the other 58,000 images. In-memory arrays become an
+`ImageSplit` (decoded once: small); image files a `FileSplit` (decoded per batch).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import DomainData, ImageSplit, images_from_arrays
+from ..data import DomainData, ImageSplit, Split, images_from_arrays
 
-# (chosen items, resize) -> stored images, plus a mask of the items that could be read
-# (files may be unreadable; arrays always are).
-Decoder = Callable[[Any, int], tuple[Tensor, np.ndarray]]
+# (chosen items, their targets, resize) -> the split of the items that can be read (files may
+# be unreadable; arrays always are).
+Reader = Callable[[Any, np.ndarray, int], Split]
 
 
 class SourceError(ValueError):
@@ -73,9 +74,11 @@ def empty_images(resize: int) -> Tensor:
     return torch.zeros((0, 3, resize, resize), dtype=torch.uint8)
 
 
-def decode_arrays(arrays: np.ndarray, resize: int) -> tuple[Tensor, np.ndarray]:
-    """Decoder for in-memory uint8 arrays (grey or RGB): the eval path, every item readable."""
-    return images_from_arrays(arrays, resize), np.ones(len(arrays), dtype=bool)
+def read_arrays(arrays: np.ndarray, targets: np.ndarray, resize: int) -> ImageSplit:
+    """Reader for in-memory uint8 arrays (grey or RGB): decoded now through the eval path and
+    kept in memory, since these packaged sets are small and cutting tensors beats decoding."""
+    images = images_from_arrays(arrays, resize) if len(arrays) else empty_images(resize)
+    return ImageSplit(images, torch.from_numpy(np.asarray(targets)).long())
 
 
 @dataclass(frozen=True)
@@ -101,20 +104,20 @@ def make_domain(
     labels: Sequence[str],
     train: tuple[Any, np.ndarray],
     test: tuple[Any, np.ndarray],
-    decode: Decoder,
+    read: Reader,
     opts: Options,
 ) -> DomainData:
-    """Pick the seeded subsets of (items, targets) per split, decode only those, and check."""
+    """Pick the seeded subsets of (items, targets) per split, read only those, and check."""
 
-    def split(items: Any, targets: np.ndarray, limit: int | None, which: str) -> ImageSplit:
+    def split(items: Any, targets: np.ndarray, limit: int | None, which: str) -> Split:
         idx = pick(len(targets), limit, opts.seed)
         if not len(idx):
             return ImageSplit(empty_images(opts.resize), torch.zeros(0, dtype=torch.long))
         chosen = items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
-        images, ok = decode(chosen, opts.resize)
-        if not ok.any():
+        result = read(chosen, np.asarray(targets)[idx], opts.resize)
+        if not len(result):
             raise SourceError(f"{name}: no readable image in the {which} split")
-        return ImageSplit(images, torch.from_numpy(np.asarray(targets)[idx][ok]).long())
+        return result
 
     return DomainData(
         name=name,
@@ -142,6 +145,6 @@ def pooled_domain(
         labels,
         (images[train], targets[train]),
         (images[test], targets[test]),
-        decode_arrays,
+        read_arrays,
         opts,
     )

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data import DomainData
 from .common import Options, SourceError, make_domain
-from .files import decode_files
+from .files import read_files
 
 
 def decathlon(
@@ -58,7 +58,7 @@ def decathlon(
             np.array([index[c] for _, _, ids in train for c in ids], dtype=np.int64),
         ),
         (test_paths, np.array([index[c] for c in test_ids], dtype=np.int64)),
-        decode_files,
+        read_files,
         opts,
     )
 

@@ -9,7 +9,7 @@ import torch
 
 from ..data import DomainData
 from .common import Options, SourceError, make_domain, stratified_split
-from .files import decode_files, scan_class_folders
+from .files import read_files, scan_class_folders
 
 
 def folder(
@@ -38,7 +38,7 @@ def folder(
             labels,
             ([paths[i] for i in train], targets[train]),
             ([paths[i] for i in test], targets[test]),
-            decode_files,
+            read_files,
             opts,
         ),
         opts,
@@ -77,7 +77,7 @@ def _split_folders(name: str, base: Path, opts: Options) -> DomainData:
             labels,
             (train_paths, train_targets),
             (test_paths, test_targets),
-            decode_files,
+            read_files,
             opts,
         ),
         opts,

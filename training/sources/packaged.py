@@ -19,13 +19,13 @@ from ..data import DomainData
 from .common import (
     Options,
     SourceError,
-    decode_arrays,
     make_domain,
     package_path,
     pooled_domain,
+    read_arrays,
     stratified_split,
 )
-from .files import decode_files
+from .files import read_files
 from .idx import read_idx
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _idx_domain(
             raise SourceError(f"{root}: images {images.shape} do not match labels {targets.shape}")
         if targets.max() >= len(labels):
             raise SourceError(f"{root}: label {targets.max()} is beyond the {len(labels)} classes")
-    return make_domain(name, labels, train, test, decode_arrays, opts)
+    return make_domain(name, labels, train, test, read_arrays, opts)
 
 
 def fashion_mnist(
@@ -245,6 +245,6 @@ def elpv(
         ELPV_LABELS,
         ([paths[keep[i]] for i in train], targets[train]),
         ([paths[keep[i]] for i in test], targets[test]),
-        decode_files,
+        read_files,
         Options(resize, crop, hflip, train_limit, test_limit, seed),
     )

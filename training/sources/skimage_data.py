@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DomainData
-from .common import Options, SourceError, decode_arrays, make_domain, pooled_domain
+from .common import Options, SourceError, make_domain, pooled_domain, read_arrays
 
 SKIMAGE_INSTALL = "pip install scikit-image  (or: pip install '.[data]')"
 # Grey 512x512 texture photos that skimage ships in its wheel (others need pooch and a download).
@@ -69,7 +69,7 @@ def textures(
         (np.concatenate(cuts), np.repeat(np.arange(len(cuts)), [len(c) for c in cuts]))
         for cuts in sides
     )
-    return make_domain(name, tuple(photos), train, test, decode_arrays, opts)
+    return make_domain(name, tuple(photos), train, test, read_arrays, opts)
 
 
 def lfw_faces(
