@@ -18,6 +18,10 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_TYPE")
+for line in (os.getenv("BENCH_HEADERS") or ""):gmatch("[^\\n]+") do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -26,8 +30,16 @@ class WrkMissing(RuntimeError):
     """wrk is not installed; the message says how to install it."""
 
 
-def run_wrk(url: str, body: bytes, content_type: str, clients: int, seconds: float) -> dict:
-    """req/s, p50/p90/p99 (ms) and error counts of `clients` connections posting `body`."""
+def run_wrk(
+    url: str,
+    body: bytes,
+    content_type: str,
+    clients: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+) -> dict:
+    """req/s, p50/p90/p99 (ms) and error counts of `clients` connections posting `body` (with
+    `headers` besides the content type: the v2 binary extension's header length)."""
     binary = shutil.which("wrk")
     if binary is None:
         raise WrkMissing("wrk not found: `apt-get install wrk` (scripts/setup.sh does it as root)")
@@ -38,6 +50,7 @@ def run_wrk(url: str, body: bytes, content_type: str, clients: int, seconds: flo
         duration = f"{max(1, round(seconds))}s"
         command = [binary, "-t1", f"-c{clients}", f"-d{duration}", "--latency", "-s", script, url]
         env = {"BENCH_BODY": str(data), "BENCH_TYPE": content_type}
+        env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     return parse(out) | {"clients": clients}
 

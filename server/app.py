@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
         Route("/metrics", _Endpoint(make_asgi_app(metrics.registry)), include_in_schema=False)
     )
     app.add_middleware(RawClassify)  # inside the two below: limited and counted like the rest
+    app.add_middleware(v2.RawInfer)  # the same for the v2 infer route
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees every 413 too
     return app

@@ -13,7 +13,7 @@ from .metrics import Metrics
 
 CLASSIFY_PATHS = ("/classify", "/classify/batch")
 # POST /v2/models/{domain}[/versions/{v}]/infer: the Open Inference Protocol's classify
-V2_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+V2_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
 class BodyLimit:

@@ -17,9 +17,10 @@ It answers `probabilities`, FP32 [N, classes] (softmax). Asked with `classificat
 output is BYTES [N, k] of "score:index:label", best first: /classify's top-k (the
 classification extension).
 
-The infer route is plain ASGI, as the /classify fast path (fastpath.py) is, for the same
-reason: FastAPI's dependency solving and response validation cost more per request on the
-event loop than the rest of the request.
+The infer route is a plain ASGI middleware (RawInfer), as the /classify fast path
+(fastpath.py) is, for the same reason: as a route behind FastAPI's router and middleware stack
+it did 0.69 of /classify's req/s (wrk, 32 clients, one image, 2-core AMD EPYC shared with other
+work), as this middleware 0.93 (benchmarks/v2_bench.py; median of 5 alternating rounds).
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.datastructures import State
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from model_store import list_versions
 
 from .deps import BatcherDep, ServedDep
 from .errors import BadRequest, BatcherDown, UnknownVersion, UnsupportedMediaType, render
 from .fastpath import read_body
+from .middleware import V2_INFER
 from .routes import TOP_K_DEFAULT, TOP_K_MAX, ClassifyCall
 from .runner import encode
 from .v2_schemas import (
@@ -63,6 +65,7 @@ from .v2_wire import (
 
 IMAGE, PIXELS, PROBABILITIES = "image", "pixels", "probabilities"
 EXTENSIONS = ["classification", "binary_tensor_data"]
+_HEADER_LENGTH = HEADER_LENGTH.encode()
 try:
     SERVER_VERSION = version("bap")
 except PackageNotFoundError:  # run from a checkout that was never installed
@@ -217,36 +220,54 @@ def _tensor(call: ClassifyCall, out: RequestedOutput, probs: list[np.ndarray]) -
     return OutputTensor(out.name, "BYTES", (len(rows), len(rows[0])), classes, out.binary)
 
 
-async def infer(scope: Scope, receive: Receive) -> tuple[bytes, int | None]:
+async def infer(
+    state: State, domain: str, version: str | None, scope: Scope, receive: Receive
+) -> tuple[bytes, int | None]:
     """One inference request: its body in, the response body (and its JSON length) out."""
-    params = scope["path_params"]
-    call = model_call(scope["app"].state, params["domain"], params.get("version"))
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-    if (coding := headers.get("content-encoding", "identity").lower()) != "identity":
+    call = model_call(state, domain, version)
+    coding = length = None
+    for name, value in scope["headers"]:
+        if name == b"content-encoding":
+            coding = value.decode("latin-1").lower()
+        elif name == _HEADER_LENGTH:
+            length = header_length(value.decode("latin-1"))
+    if coding not in (None, "identity"):
         raise UnsupportedMediaType(f"content encoding {coding!r}; send the body uncompressed")
-    request = parse_request(await read_body(receive), header_length(headers.get(HEADER_LENGTH)))
+    request = parse_request(await read_body(receive), length)
     outputs = _requested(request)
     xs = await _inputs(call, request)
-    probs = await asyncio.gather(*(call.scores(x) for x in xs))
+    if len(xs) == 1:  # no task per image when there is one
+        probs = [await call.scores(xs[0])]
+    else:
+        probs = await asyncio.gather(*(call.scores(x) for x in xs))
     tensors = [_tensor(call, out, probs) for out in outputs]
     return encode_response(call.domain, call.served.version, request.id, tensors)
 
 
-class Infer:
-    """POST /v2/models/{domain}[/versions/{v}]/infer as a plain ASGI endpoint."""
+class RawInfer:
+    """Answers POST /v2/models/{domain}[/versions/{v}]/infer itself, beside the /classify fast
+    path and inside the same body-limit and metrics middlewares; passes every other request on
+    (GET on that path is then FastAPI's 404)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not path.startswith("/v2/")
+            or scope["method"] != "POST"
+            or (match := V2_INFER.fullmatch(path)) is None
+        ):
+            return await self.app(scope, receive, send)
         try:
-            body, json_length = await infer(scope, receive)
+            body, length = await infer(scope["app"].state, match[1], match[2], scope, receive)
         except Exception as exc:  # the app's one error mapping, in the protocol's form
-            return await render(exc, "POST", scope["path"])(scope, receive, send)
-        media = b"application/json" if json_length is None else b"application/octet-stream"
+            return await render(exc, "POST", path)(scope, receive, send)
+        media = b"application/json" if length is None else b"application/octet-stream"
         headers = [(b"content-type", media), (b"content-length", b"%d" % len(body))]
-        if json_length is not None:
-            headers.append((HEADER_LENGTH.encode(), b"%d" % json_length))
+        if length is not None:
+            headers.append((_HEADER_LENGTH, b"%d" % length))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-for _path in ("/v2/models/{domain}/infer", "/v2/models/{domain}/versions/{version}/infer"):
-    router.add_route(_path, Infer(), methods=["POST"], include_in_schema=False)

@@ -205,7 +205,7 @@ async def test_other_paths_answer_in_the_protocols_form(store: Path) -> None:
         method = await client.get(INFER)
         version = await client.post("/v2/models/dom0/versions/v7/infer", json=image_json(PNG))
         classify = await client.post("/classify", params={"domain": "x"}, content=PNG)
-    assert (missing.status_code, method.status_code, version.status_code) == (404, 405, 404)
+    assert (missing.status_code, method.status_code, version.status_code) == (404, 404, 404)
     assert missing.json() == {"error": "Not Found"}
     assert version.json() == {
         "error": "model 'dom0' version 'v7' is not served (the store has no such version); "
