@@ -35,7 +35,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("run")
     config = tiny_config(budget=0.5)
     result = train(config, root / "run", progress=False)
-    masks_before_export = [b.masks.clone() for b in result.model.blocks]
+    masks_before_export = [m.clone() for m in result.model.gated_masks()]
     manifest, pruned = publish_result(config, result, root / "store")
     return config, result, masks_before_export, manifest, pruned, root / "store"
 
@@ -60,12 +60,12 @@ def test_training_learned_something_and_switched_filters_off(trained) -> None:
 
 def test_removed_filters_are_exactly_the_unused_ones(trained) -> None:
     _, result, _, _, pruned, _ = trained
-    for block_full, block_pruned, kept in zip(
-        result.model.blocks, pruned.blocks, union_filters(result.model), strict=False
-    ):
-        used = block_full.masks.bool().any(dim=0).nonzero().flatten()
+    full, kept_masks = result.model.gated_masks(), pruned.gated_masks()
+    assert len(full) == len(kept_masks) == len(pruned.spec.gated_filters())  # every gated conv
+    for mask, kept_mask, kept in zip(full, kept_masks, union_filters(result.model), strict=True):
+        used = mask.bool().any(dim=0).nonzero().flatten()
         assert torch.equal(kept, used)
-        assert torch.equal(block_pruned.masks, block_full.masks[:, kept])
+        assert torch.equal(kept_mask, mask[:, kept])
 
 
 def test_published_model_respects_budget_and_its_figures_recount(trained) -> None:
@@ -73,7 +73,7 @@ def test_published_model_respects_budget_and_its_figures_recount(trained) -> Non
     loaded_manifest, loaded = load_version(store, config.name)
     assert loaded_manifest.version == manifest.version
     for d, name in enumerate(loaded.spec.domain_names):
-        masks = [b.masks[d].double() for b in loaded.blocks]
+        masks = [m[d].double() for m in loaded.gated_masks()]
         frac = cost_fraction(loaded.spec, config.budget_unit, d, masks).item()
         assert frac <= config.budget
         figures = loaded_manifest.domains[name]
