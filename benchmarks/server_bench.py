@@ -56,7 +56,7 @@ def servers(s: Settings) -> dict[str, dict[str, Any]]:
     """Server name -> its flags. The 1-thread variant shows what the client, the event loop
     and a second OpenMP thread fighting over 2 cores cost; the no-delay one, what waiting
     for a batch to fill costs when batches form anyway while the previous one runs."""
-    common = {} if s.torch_threads is None else {"torch_threads": s.torch_threads}
+    common = {} if s.torch_threads is None else {"threads": s.torch_threads}
     batched = common | {
         "max_batch_size": s.max_batch_size,
         "max_batch_delay_ms": s.max_batch_delay_ms,
@@ -64,7 +64,7 @@ def servers(s: Settings) -> dict[str, dict[str, Any]]:
     out = {
         "batching off": common | {"batching": "per-domain", "max_batch_size": 1},
         "auto": batched | {"batching": "auto"},
-        ONE_THREAD: batched | {"batching": "auto", "torch_threads": 1},
+        ONE_THREAD: batched | {"batching": "auto", "threads": 1},
         NO_DELAY: batched | {"batching": "auto", "max_batch_delay_ms": 0},
         "per-domain": batched | {"batching": "per-domain"},
         "mixed": batched | {"batching": "mixed"},
@@ -95,7 +95,7 @@ def measure(s: Settings) -> dict[str, Any]:
                 run = _sweep(server, name, plan(name, s), s, image)
                 if name == "auto":
                     run.append(_half_load(server, run, s, image))
-                points += [p | {"torch_threads": flags.get("torch_threads")} for p in run]
+                points += [p | {"torch_threads": flags.get("threads")} for p in run]
             log.info("server: %s done", name)
         _add_inprocess(points, InProcess(store, MODEL), image, s.inprocess_seconds)
     return {"points": points, "model": {"shape": s.shape.label, "budget": s.budget}}

@@ -6,10 +6,11 @@ win over the environment. The app receives the object from `create_app`, never f
 
 from __future__ import annotations
 
+import logging
 import os
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -22,6 +23,7 @@ PRECISION_RUNTIMES = {"int8": ("onnx", "auto"), "bf16": ("openvino",)}  # fp32: 
 BatchingPolicy = Literal["per-domain", "mixed", "auto"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 MIN_TOKEN_LENGTH = 16
+log = logging.getLogger("server")
 
 
 def bundled_store() -> Path:
@@ -58,7 +60,7 @@ class Settings(BaseSettings):
         description="images decoded at once across all requests (default: one per core); the "
         "others wait, so a burst of large images cannot hold max_pixels of pixels each at once",
     )
-    torch_threads: int | None = Field(
+    threads: int | None = Field(
         None,
         ge=1,
         description="threads of the runtime for one batch (default: ONNX Runtime 1, and it runs "
@@ -107,6 +109,17 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_threads_name(cls, values: Any) -> Any:
+        """BAP_TORCH_THREADS was this setting's name, though it sets every runtime's threads:
+        still read when BAP_THREADS is not set, with a deprecation line."""
+        old = os.environ.get("BAP_TORCH_THREADS")
+        if old is not None and isinstance(values, dict) and values.get("threads") is None:
+            log.warning("BAP_TORCH_THREADS is deprecated: set BAP_THREADS (the same setting)")
+            values = {**values, "threads": old}
+        return values
 
     @field_validator("admin_token", mode="before")
     @classmethod

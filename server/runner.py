@@ -41,7 +41,7 @@ class ServedSettings(Protocol):
     store: Path
     model: str
     runtime: str
-    torch_threads: int | None
+    threads: int | None
     precision: str
     domain_graphs: str
 
@@ -183,7 +183,7 @@ def load_served(settings: ServedSettings) -> Served:
         settings.store,
         settings.model,
         settings.runtime,
-        settings.torch_threads,
+        settings.threads,
         settings.precision,
         settings.domain_graphs,
     )

@@ -160,7 +160,7 @@ def test_server_port_store_and_threads_are_consistent(services) -> None:
     assert env["BAP_STORE"] in [path for _, path in mounts(server)]
     # the runtime gets the CPU limit minus one core, which the event loop (HTTP, decoding) keeps
     cpus = float(server["deploy"]["resources"]["limits"]["cpus"])
-    assert int(env["BAP_TORCH_THREADS"]) == max(1, cpus - 1)
+    assert int(env["BAP_THREADS"]) == max(1, cpus - 1)
 
 
 def test_queue_alert_threshold_follows_max_queue(services) -> None:

@@ -238,7 +238,7 @@ def start_server(stop: ExitStack, store: Path, scratch: Path) -> tuple[httpx.Cli
         BAP_MODEL=MODEL,
         BAP_HOST="127.0.0.1",
         BAP_PORT=str(port),
-        BAP_TORCH_THREADS="1",
+        BAP_THREADS="1",
         BAP_ADMIN_TOKEN=TOKEN,
         BAP_LOG_LEVEL="warning",
         BAP_DRAIN_SECONDS="2",

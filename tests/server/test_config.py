@@ -21,7 +21,7 @@ DEPLOYED = {
     "BAP_MAX_QUEUE",
     "BAP_MAX_BODY_BYTES",
     "BAP_MAX_PIXELS",
-    "BAP_TORCH_THREADS",
+    "BAP_THREADS",
     "BAP_ADMIN_TOKEN",
     "BAP_LOG_LEVEL",
     "BAP_BATCHING",
@@ -103,3 +103,14 @@ def test_the_admin_token_can_come_from_a_file(
     monkeypatch.setenv("BAP_ADMIN_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="cannot read"):
         Settings()
+
+
+def test_the_old_threads_name_still_works_with_a_deprecation_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("BAP_TORCH_THREADS", "2")
+    with caplog.at_level("WARNING", logger="server"):
+        assert Settings().threads == 2
+    assert "BAP_TORCH_THREADS is deprecated: set BAP_THREADS" in caplog.text
+    monkeypatch.setenv("BAP_THREADS", "3")  # the new name wins
+    assert Settings().threads == 3

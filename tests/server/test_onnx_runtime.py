@@ -172,7 +172,7 @@ def test_onnx_runtime_runs_one_thread_batches_one_per_core(
     compiled_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """By default every session runs on 1 thread and the server runs a batch per core at once;
-    BAP_TORCH_THREADS gives each batch more threads and so fewer batches at once."""
+    BAP_THREADS gives each batch more threads and so fewer batches at once."""
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
 
     def threads_and_batches(**settings) -> tuple[set[int], int]:
@@ -182,8 +182,8 @@ def test_onnx_runtime_runs_one_thread_batches_one_per_core(
         return threads, graphs.parallel_batches
 
     assert threads_and_batches() == ({1}, 4)
-    assert threads_and_batches(torch_threads=2) == ({2}, 2)
-    assert threads_and_batches(torch_threads=3) == ({3}, 1)
+    assert threads_and_batches(threads=2) == ({2}, 2)
+    assert threads_and_batches(threads=3) == ({3}, 1)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
     assert threads_and_batches() == ({1}, 1)
 

@@ -109,7 +109,7 @@ BATCHED = {
     "max_batch_size": 4,
     "max_batch_delay_ms": 10_000,
     "max_body_bytes": 2**20,
-    "torch_threads": 1,
+    "threads": 1,
 }
 
 
