@@ -31,7 +31,7 @@ SIZES = (1, 3, 5, 2)  # images per request: batches of mixed sizes
 def server(published_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("v2")
     store = Path(shutil.copytree(published_store, tmp / "store"))
-    with server_process(store, tmp, max_body_bytes=2**20, torch_threads=1) as s:
+    with server_process(store, tmp, max_body_bytes=2**20, threads=1) as s:
         yield s
 
 
