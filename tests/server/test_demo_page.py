@@ -84,14 +84,20 @@ def test_the_page_shows_every_domain_its_cost_and_the_filter_map(
     cost = browser.find_element(By.ID, "cost").text
     assert "budget β" in cost and "MACs per image" in cost and "parameters used" in cost
     blocks = httpx.get(live + "/domains/filters").json()["blocks"]
-    rows = browser.find_elements(By.CSS_SELECTOR, "#map tr[data-domain]")
-    assert len(rows) == len(blocks) * len(domains)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#map tr[data-block]")
+    assert len(rows) == len(blocks)  # one heat row per gated conv, not one per domain
     first = rows[0].find_elements(By.CSS_SELECTOR, ".cell")
     assert len(first) == blocks[0]["filters"]  # kept filters, then the pruned ones
     assert (
         len(rows[0].find_elements(By.CSS_SELECTOR, ".gone"))
         == blocks[0]["filters"] - blocks[0]["kept"]
     )
+    legend = browser.find_element(By.ID, "legend").text
+    assert f"all {len(domains)} domains" in legend and "pruned" in legend
+    for d in domains[:2]:  # the faded cells are the chosen domain's unused kept filters
+        browser.find_element(By.CSS_SELECTOR, f"#domain option[value={d['name']}]").click()
+        faded = len(rows[0].find_elements(By.CSS_SELECTOR, ".kept.off"))
+        assert faded == blocks[0]["kept"] - sum(blocks[0]["domains"][d["name"]])
 
 
 def test_an_upload_through_the_page_shows_the_top1_of_classify(
@@ -115,6 +121,20 @@ def test_an_upload_through_the_page_shows_the_top1_of_classify(
         browser.execute_script("document.getElementById('file').value = ''")
     if target := os.environ.get("DEMO_SCREENSHOT"):
         browser.save_screenshot(target)
+
+
+def test_a_file_that_is_not_an_image_gets_a_plain_sentence(
+    live: str, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    browser.get(live + "/")
+    _wait(browser, "body[data-ready=true]")
+    upload = tmp_path / "notes.png"  # named like an image, holds text: the server answers 400
+    upload.write_text("not an image")
+    browser.find_element(By.ID, "file").send_keys(str(upload))
+    WebDriverWait(browser, PAGE_WAIT_S).until(lambda b: b.find_element(By.ID, "error").text)
+    message = browser.find_element(By.ID, "error").text
+    assert message.startswith("That file is not an image the server can read.")
+    assert "415" not in message and "400" not in message
 
 
 def test_docs_render_their_operations_offline(live: str, browser: webdriver.Chrome) -> None:
