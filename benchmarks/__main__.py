@@ -1,5 +1,5 @@
-"""`python -m benchmarks [model|server|memory|http|resnet50|all] [--quick]`: run, write JSON, make
-the doc.
+"""`python -m benchmarks [model|server|memory|http|resnet50|peers|all] [--quick]`: run, write
+JSON, make the doc.
 
 Full settings are sized so that `all` finishes in under 10 minutes on 2 busy cores; `--quick`
 runs every code path on a tiny network in seconds (the smoke test uses it).
@@ -16,7 +16,17 @@ from typing import Any
 
 import torch
 
-from . import http_bench, levers, memory_bench, model_bench, report, resnet50_bench, server_bench
+from . import (
+    http_bench,
+    levers,
+    memory_bench,
+    model_bench,
+    peer_envs,
+    peers_bench,
+    report,
+    resnet50_bench,
+    server_bench,
+)
 from .common import DOC, RESULTS, ROOT, machine, write_result
 from .workloads import BUNDLED, HEADLINE, Shape
 
@@ -42,8 +52,19 @@ def server_settings(quick: bool) -> server_bench.Settings:
     return server_bench.Settings((1, 4, 16, 64), (4, 16, 64), 3.0, 1.0, 5000, 0.3)
 
 
+def peers_settings(quick: bool, install: bool, cache: Path) -> peers_bench.Settings:
+    """Full: 3 interleaved rounds of 6 s per client count (~10 minutes with every peer)."""
+    peers = peers_bench.Settings(BUNDLED_STORE, "embedded", "fashion", install=install, cache=cache)
+    if quick:
+        return replace(peers, clients=(1, 2), rounds=1, seconds=1.0, warmup_s=0.0)
+    return peers
+
+
 def suites(
-    quick: bool, threads: int | None
+    quick: bool,
+    threads: int | None,
+    install: bool = True,
+    peers_cache: Path = peer_envs.DEFAULT_CACHE,
 ) -> dict[str, list[tuple[str, Callable[[], dict[str, Any]], object]]]:
     """suite -> [(result name, measure, settings)]; settings go into the JSON as they are."""
     m, s = model_settings(quick), replace(server_settings(quick), torch_threads=threads)
@@ -52,6 +73,7 @@ def suites(
     lever_shape = TINY if quick else HEADLINE
     mem = memory_bench.Settings(16, shape=TINY, domains=2) if quick else memory_bench.Settings(64)
     web = http_bench.Settings(BUNDLED_STORE, "embedded", "fashion")
+    peers = peers_settings(quick, install, peers_cache)
     r50 = resnet50_bench.Settings()
     if quick:
         r50 = resnet50_bench.Settings(
@@ -75,6 +97,7 @@ def suites(
         "memory": [("memory", lambda: memory_bench.measure(mem), mem)],
         "http": [("http", lambda: http_bench.measure(web), web)],
         "resnet50": [("resnet50", lambda: resnet50_bench.measure(r50), r50)],
+        "peers": [("peers", lambda: peers_bench.measure(peers), peers)],
     }
 
 
@@ -88,7 +111,18 @@ def main(argv: list[str] | None = None) -> None:
         "suite",
         nargs="?",
         default="all",
-        choices=["model", "server", "memory", "http", "resnet50", "all"],
+        choices=["model", "server", "memory", "http", "resnet50", "peers", "all"],
+    )
+    parser.add_argument(
+        "--no-install",
+        action="store_true",
+        help="peers: skip a peer whose virtual environment is not made yet instead of making it",
+    )
+    parser.add_argument(
+        "--peers-cache",
+        type=Path,
+        default=peer_envs.DEFAULT_CACHE,
+        help="peers: folder of their virtual environments (outside the repo)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke run")
     parser.add_argument(
@@ -102,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    chosen = suites(args.quick, args.threads)
+    chosen = suites(args.quick, args.threads, not args.no_install, args.peers_cache)
     for suite in chosen if args.suite == "all" else [args.suite]:
         for name, run, settings in chosen[suite]:
             started = machine()

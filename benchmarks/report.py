@@ -292,6 +292,105 @@ def resnet50_section(result: dict[str, Any]) -> str:
     )
 
 
+def _peer_ratios(f: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per peer: ours ÷ it, req/s at the fewest and the most clients and p99 at the most, from
+    the medians over the interleaved rounds (issue 29)."""
+    ours = f["summary"]["ours"]
+    clients = sorted(int(c) for c in ours if c.isdigit())
+    lo, hi = str(clients[0]), str(clients[-1])
+    out = {}
+    for name, peer in f["summary"].items():
+        if name != "ours" and lo in peer and hi in peer:
+            out[name] = {
+                "lo": ours[lo]["req_per_s"] / peer[lo]["req_per_s"],
+                "hi": ours[hi]["req_per_s"] / peer[hi]["req_per_s"],
+                "p99_hi": ours[hi]["p99_ms"] / peer[hi]["p99_ms"],
+            }
+    return out
+
+
+def peers_section(result: dict[str, Any]) -> str:
+    f = result["figures"]
+    ratios = _peer_ratios(f)
+    clients = sorted({r["clients"] for r in f["rows"]})
+    lo, hi = str(clients[0]), str(clients[-1])
+
+    def rate(x: dict[str, Any], c: str, pct: str) -> str:
+        if c not in x:
+            return "–"
+        return (
+            f"{x[c]['req_per_s']:.0f} ({x[c]['req_per_s_min']:.0f}–{x[c]['req_per_s_max']:.0f}; "
+            f"{pct} {x[c][pct + '_ms']:.2g} ms)"
+        )
+
+    rows = []
+    for name, x in f["summary"].items():
+        info = f["servers"][name]
+        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+        if name in f.get("server_versions", {}):
+            versions = f"Triton {f['server_versions'][name]}, {versions}"
+        r = ratios.get(name)
+        rows.append(
+            [
+                name,
+                versions,
+                info["settings"],
+                rate(x, lo, "p50"),
+                rate(x, hi, "p99"),
+                f"{r['lo']:.2f} / {r['hi']:.2f} / {r['p99_hi']:.2f}" if r else "",
+                f"{x.get('rss_mib', 0):.0f} / {x.get('pss_mib', 0):.0f} ({x.get('processes')})",
+                f"{x.get('cold_start_s', 0):.1f}",
+                sum(x[c]["errors"] for c in (lo, hi) if c in x),
+            ]
+        )
+    header = [
+        "server",
+        "versions",
+        "settings",
+        f"req/s {lo} client (range; p50)",
+        f"req/s {hi} clients (range; p99)",
+        f"ours ÷ it: req/s {lo} / req/s {hi} / p99 {hi}",
+        "RSS / PSS MiB (processes)",
+        "cold start s",
+        "errors",
+    ]
+    rounds = max((r["round"] for r in f["rows"]), default=0) + 1
+    top = ", ".join(f"{label} {score:.4f}" for label, score in f["reference"])
+    return "\n\n".join(
+        [
+            "## Servers a user would pick instead: same graph, same preprocessing, same client",
+            run_line(result),
+            f"Graph: {f['graph']} (the sha256-checked file), ONNX Runtime with 1 thread a "
+            "session in every server, model_store's preprocessing (benchmarks/peer_apps/). "
+            f"Body: {f['image']} ({f['image_bytes']} bytes), `wrk -t1`; {rounds} interleaved "
+            "rounds (every server started fresh once a round), medians with the range over the "
+            "rounds. Each server answered our top-5 before it was timed "
+            f"({top}). Memory: the whole process tree after the load, summed (RSS counts shared "
+            "pages once per process; PSS splits them). Cold start: launch to the first correct "
+            "answer.",
+            table(header, rows),
+            *[f"Not measured: {name}: {why}" for name, why in f["skipped"].items()],
+        ]
+    )
+
+
+def _peers_targets(f: dict[str, Any]) -> list[list[object]]:
+    """Issue 29: ours ahead of every peer by the margins asked, one run, same client."""
+    out: list[list[object]] = []
+    clients = sorted(int(c) for c in f["summary"]["ours"] if c.isdigit())
+    lo, hi = clients[0], clients[-1]
+    for name, r in _peer_ratios(f).items():
+        out += [
+            [f"ours ÷ {name}, req/s at {lo} client", f"{r['lo']:.2f}", "≥ 1.15",
+             _ok(r["lo"] >= 1.15)],
+            [f"ours ÷ {name}, req/s at {hi} clients", f"{r['hi']:.2f}", "≥ 1.5",
+             _ok(r["hi"] >= 1.5)],
+            [f"ours ÷ {name}, p99 at {hi} clients", f"{r['p99_hi']:.2f}", "≤ 0.7",
+             _ok(r["p99_hi"] <= 0.7)],
+        ]  # fmt: skip
+    return out
+
+
 def _runtime_targets(rows: list[Row], shape: str, budget: float = 0.5) -> list[list[object]]:
     """Issue 12: the pruned speed-up through ONNX Runtime at the largest batch, against the
     unpruned network in ONNX Runtime, as a share of the MACs ratio; and ORT vs torch."""
@@ -560,6 +659,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
             )
     if "resnet50" in results:
         out += _resnet50_targets(results["resnet50"]["figures"])
+    if "peers" in results:
+        out += _peers_targets(results["peers"]["figures"])
     return out
 
 
@@ -606,14 +707,16 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "memory": memory_section,
         "http": http_section,
         "resnet50": resnet50_section,
+        "peers": peers_section,
     }
     parts = [
         "# Benchmarks",
-        "Generated by `make bench` (`python -m benchmarks [model|server|memory|http|all] "
-        "[--quick]`) from `benchmarks/results/*.json`; edit `benchmarks/findings.md` and "
+        "Generated by `make bench` (`python -m benchmarks "
+        "[model|server|memory|http|resnet50|peers|all] [--quick]`) from "
+        "`benchmarks/results/*.json`; edit `benchmarks/findings.md` and "
         "`benchmarks/method.md`, not this file. Medians after warm-up; ratios are taken within "
         "one run.",
-        "## Targets (issues 6, 8 and 12)",
+        "## Targets (issues 6, 8, 12, 28 and 29)",
         targets_table(results),
         *_text(FINDINGS),
         *(fn(results[name]) for name, fn in sections.items() if name in results),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import http_bench, threads_probe
+from benchmarks import http_bench, peers_bench, threads_probe
 from benchmarks.__main__ import main
 from benchmarks.server_bench import SWEEPS
 from benchmarks.wrk import parse
@@ -22,12 +22,13 @@ SECTIONS = {
     "memory": "## Memory",
     "http": "## HTTP",
     "resnet50": "## ResNet-50 at 224 px",
+    "peers": "## Servers a user would pick instead",
 }
 
 
-def run_suite(suite: str, tmp_path: Path) -> tuple[dict[str, dict], str]:
+def run_suite(suite: str, tmp_path: Path, *flags: str) -> tuple[dict[str, dict], str]:
     out, doc = tmp_path / "results", tmp_path / "benchmarks.md"
-    main([suite, "--quick", "--out", str(out), "--doc", str(doc)])
+    main([suite, "--quick", "--out", str(out), "--doc", str(doc), *flags])
     results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
     for name, data in results.items():
         assert data["suite"] == name
@@ -135,3 +136,33 @@ def test_resnet50_suite(tmp_path: Path) -> None:
     assert {g["batch"] for g in f["graph_speed"]} == {1} and f["ours"]["ok"] > 0
     assert not f["ours"]["errors"] and not f["singles"]["errors"]
     assert f["rss_ratio"] > 0 and "ResNet-50 at 224 px" in text
+
+
+def test_peers_suite_runs_the_plain_app_and_skips_what_is_not_installed(tmp_path: Path) -> None:
+    """With an empty peers cache and --no-install nothing is downloaded: the two plain FastAPI
+    apps (the project's own packages) answer our top-5 and are timed; every other peer is
+    skipped with the reason, and the table and targets name what was measured."""
+    cache = tmp_path / "peers-cache"
+    results, text = run_suite("peers", tmp_path, "--no-install", "--peers-cache", str(cache))
+    f = results["peers"]["figures"]
+    assert set(f["summary"]) == {"ours", peers_bench.PLAIN, peers_bench.PLAIN_X2}
+    assert set(f["skipped"]) == set(peers_bench.PEERS) - {peers_bench.PLAIN, peers_bench.PLAIN_X2}
+    assert all("not installed" in why for why in f["skipped"].values())
+    assert not cache.exists()  # nothing was made
+    assert {(r["server"], r["clients"]) for r in f["rows"]} == {
+        (name, c) for name in f["summary"] for c in (1, 2)
+    }
+    assert all(r["non_2xx"] == 0 and not r["socket_errors"] for r in f["rows"])
+    assert len(f["reference"]) == 5
+    assert all(f["summary"][n]["pss_mib"] > 0 for n in f["summary"])
+    assert f"ours ÷ {peers_bench.PLAIN}, req/s at 1 client" in text
+    assert "Not measured: LitServe: not installed" in text
+
+
+def test_a_peer_answering_unlike_ours_is_not_timed() -> None:
+    ours = [("Ankle boot", 0.99), ("Sandal", 0.01)]
+    peers_bench.check_answer("x", ours, ours)
+    with pytest.raises(peers_bench.ServerFailed, match="not timed"):
+        peers_bench.check_answer("x", [("Sandal", 0.99), ("Ankle boot", 0.01)], ours)
+    with pytest.raises(peers_bench.ServerFailed, match="not timed"):
+        peers_bench.check_answer("x", [("Ankle boot", 0.98), ("Sandal", 0.01)], ours)
