@@ -71,6 +71,26 @@ def _reload_on_sighup(holder: ModelHolder) -> Iterator[None]:
         loop.remove_signal_handler(signal.SIGHUP)
 
 
+def _domains_in_schema(app: FastAPI, holder: ModelHolder) -> None:
+    """/docs lists the served domains as every `domain` parameter's choices. They change when a
+    reload serves another version, so the schema is rebuilt per request of /openapi.json (a few
+    milliseconds, for a page people open by hand)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        app.openapi_schema = None
+        schema = build()
+        if holder.current is not None:
+            names = list(holder.current.manifest.spec.domain_names)
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                for parameter in operation.get("parameters", []):
+                    if parameter["name"] == "domain":
+                        parameter["schema"] = {**parameter["schema"], "enum": names}
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, preloaded: Served | None = None) -> FastAPI:
     """A ready-to-serve app; its lifespan loads CURRENT, or serves `preloaded` (the version
     the CLI already loaded, verified and warmed, so start-up reads the weights once)."""
@@ -123,8 +143,11 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
     app = FastAPIOffline(
         title="BAP inference server",
         summary="One budget-pruned ResNet serving many image domains",
+        description="Prometheus metrics: `GET /metrics`. The demo page: `GET /`. The `domain` "
+        "parameter takes the domains of the version being served (listed below).",
         lifespan=lifespan,
     )
+    _domains_in_schema(app, holder)
     app.state.settings, app.state.holder, app.state.batcher = settings, holder, None
     errors.install(app)
     app.include_router(routes.router)

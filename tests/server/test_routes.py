@@ -284,3 +284,19 @@ async def test_a_small_image_decodes_on_the_loop_and_a_large_one_in_a_thread(
             assert r.status_code == 200, r.text
     limit = settings_for(store).max_pixels
     assert threads == [(routes.INLINE_DECODE_PIXELS, True), (limit, False)]
+
+
+async def test_the_docs_offer_the_served_domains_and_say_where_metrics_are(store: Path) -> None:
+    """/docs (its /openapi.json) names the served domains as every `domain` parameter's
+    choices (/classify, /classify/batch, the v2 routes) and says where the metrics are."""
+    async with serving(store) as client:
+        schema = (await client.get("/openapi.json")).json()
+        assert "/metrics" in schema["info"]["description"]
+        choices = [
+            p["schema"]["enum"]
+            for path in schema["paths"].values()
+            for op in path.values()
+            for p in op.get("parameters", [])
+            if p["name"] == "domain"
+        ]
+        assert choices and all(c == list(DOMAINS) for c in choices)
