@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup serve test lint bench embedded report
+.PHONY: setup serve test test-fast lint bench embedded report
 
 setup:
 	@scripts/setup.sh
@@ -13,6 +13,9 @@ serve: setup  ## serve the bundled default model on http://127.0.0.1:8000
 
 test: setup  ## the whole test suite (what CI runs)
 	$(PY) -m pytest
+
+test-fast: setup  ## the edit loop: unit and in-process tests, no end-to-end runs (-m "not slow")
+	$(PY) -m pytest -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -101,3 +101,14 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+SLOW_FOLDERS = ("deploy", "benchmarks")  # real servers, wrk, Prometheus, browsers, benchmarks
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fast tier (`make test-fast`: -m "not slow") leaves out whole folders of end-to-end
+    runs as well as the tests marked slow one by one; `make test` runs everything."""
+    for item in items:
+        if any(part in SLOW_FOLDERS for part in item.path.relative_to(item.config.rootpath).parts):
+            item.add_marker(pytest.mark.slow)
