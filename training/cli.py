@@ -31,6 +31,7 @@ from model_store import (
 from . import distributed
 from .checkpoint import mark_published, published_as
 from .config import PRECISIONS, TrainConfig
+from .data import AUGMENTS, NORMALIZATIONS
 from .domains import AddDomainSettings, add_domain, remove_domain
 from .evaluate import accuracy, model_totals, results_table
 from .publish import publish_result
@@ -124,6 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="start from a torchvision or timm ResNet state dict (.pth or .safetensors)",
     )
+    g.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        help="training transform (default: random_resized_crop with --pretrained, else crop_flip)",
+    )
+    g.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        help="input statistics (default: imagenet with --pretrained, else each domain's data)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="processes decoding image files per batch (0: in the trainer; default min(4, cores))",
+    )
+    g.add_argument(
+        "--data-root",
+        type=Path,
+        help="the folder that every domain entry with a `root` reads (e.g. a preset's datasets)",
+    )
 
     r = sub.add_parser("report", help="baselines and BAP at several budgets -> results.md + plot")
     r.add_argument(
@@ -216,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rooted(domains: list[dict[str, Any]], root: Path | None) -> list[dict[str, Any]] | None:
+    """The domain entries with `root` set to `root` (absolute, so that the published version's
+    recorded sources still find the data from any folder); None when no root is given."""
+    if root is None:
+        return None
+    if not any("root" in d for d in domains):
+        raise ValueError("--data-root: no domain entry of this config reads a root folder")
+    return [{**d, "root": str(root.resolve())} if "root" in d else d for d in domains]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if not (args.config or args.smoke or args.resume):
         raise ValueError(
@@ -223,6 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     overrides = dict(
+        domains=_rooted(config.domains, args.data_root),
         name=args.name,
         budget=args.budget,
         budget_unit=args.budget_unit,
@@ -235,6 +267,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         arch=args.arch,
         pretrained=str(args.pretrained.resolve()) if args.pretrained else None,
         threads=args.threads,
+        augment=args.augment,
+        normalize=args.normalize,
+        workers=args.workers,
         precision=args.precision,
         sync_bn=args.sync_bn,
         seed=args.seed,

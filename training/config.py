@@ -13,10 +13,13 @@ from typing import Any
 
 from model_store import ARCH_BUILDERS, UNITS, domain_name_problems
 
+from .data import AUGMENTS, NORMALIZATIONS, recipe
+
 SHARING_FORMS = ("union", "intersection", "jaccard", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What a resumed run may change: neither touches what it has learned or will learn.
-RESUME_SAFE = ("name", "threads")
+RESUME_SAFE = ("name", "threads", "workers")  # workers: batches are planned, not decoded, alike
+STAGE1_EPOCHS = 2.0  # pretrain_epochs when none is given and the backbone is not pretrained
 DISTILL_TEMPERATURE = 2.0  # T when distill_weight > 0 and none is given
 # Defaults of the knobs only one budget-control mode or sharing form reads.
 MODE_DEFAULTS = {"dual_lr": 0.5, "budget_weight": 5.0, "sharing_weight": 5.0, "sharing_warmup": 0.3}
@@ -72,8 +75,17 @@ class TrainConfig:
     # start from a torchvision or timm ResNet state dict (.pth or .safetensors; arch resnet18,
     # resnet34 or resnet50 at width 1): every domain's BN from the file's, its fc ignored
     pretrained: str | None = None
-    # stage 1: pretrain every weight jointly (shared convs, per-domain BN and heads)
-    pretrain_epochs: float = 2.0
+    # data: the training transform ("crop_flip": a random crop of the resize square;
+    # "random_resized_crop": torchvision's RRC of the decoded image) and the normalisation
+    # ("data": each domain's training statistics; "imagenet": ImageNet's mean/std). None picks
+    # by the weights' origin: RRC and ImageNet's with `pretrained`, else crop_flip and data.
+    augment: str | None = None
+    normalize: str | None = None
+    # processes decoding image files per batch (0: in this process; None: min(4, cores))
+    workers: int | None = None
+    # stage 1: pretrain every weight jointly (shared convs, per-domain BN and heads). None: none
+    # with `pretrained` (its convs are the backbone, frozen from the start), else STAGE1_EPOCHS
+    pretrain_epochs: float | None = None
     pretrain_lr: float = 0.05
     # stage 2: convs frozen; switches, BN and heads learn under the budget and sharing losses
     budget: float = 0.5
@@ -150,7 +162,13 @@ class TrainConfig:
             problems.append("every domain entry needs 'source' and 'name'")
         else:
             problems += domain_name_problems([d["name"] for d in self.domains])
-        if self.pretrain_epochs < 0 or self.epochs < 0 or self.batch_size < 1:
+        if self.augment is not None and self.augment not in AUGMENTS:
+            problems.append(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.normalize is not None and self.normalize not in NORMALIZATIONS:
+            problems.append(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if self.workers is not None and self.workers < 0:
+            problems.append(f"workers must be >= 0 (0: decode in the trainer), got {self.workers}")
+        if self.stage1_epochs < 0 or self.epochs < 0 or self.batch_size < 1:
             problems.append("epochs must be >= 0 and batch_size >= 1")
         if self.recovery_epochs < 0 or self.bn_recalibration_batches < 0:
             problems.append("recovery_epochs and bn_recalibration_batches must be >= 0")
@@ -166,6 +184,23 @@ class TrainConfig:
             problems.append(f"sharing_warmup must be in [0, 1], got {self.sharing_warmup}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def stage1_epochs(self) -> float:
+        """Stage 1's length: pretrain_epochs, or by default none from pretrained weights."""
+        if self.pretrain_epochs is not None:
+            return self.pretrain_epochs
+        return 0.0 if self.pretrained else STAGE1_EPOCHS
+
+    @property
+    def augmentation(self) -> str:
+        """The training transform this run uses (see `training.data.recipe`)."""
+        return recipe(self.augment, self.normalize, bool(self.pretrained))[0]
+
+    @property
+    def normalization(self) -> str:
+        """The normalisation this run's domains are served with (see `training.data.recipe`)."""
+        return recipe(self.augment, self.normalize, bool(self.pretrained))[1]
 
     def _resolve_mode_knobs(self) -> list[str]:
         """Fill the knobs this mode reads with their defaults; refuse the ones it ignores."""
@@ -209,10 +244,13 @@ class TrainConfig:
     def from_record(cls, data: dict[str, Any]) -> TrainConfig:
         """A config stored before the mode-knob rule (manifests, run folders): the knobs its mode
         never read are dropped rather than refused, since they did nothing when it ran; one from
-        before min_bap_steps ran exactly its epochs (0), and resumes so."""
+        before min_bap_steps ran exactly its epochs (0), and one from before augment and
+        normalize cropped, flipped and used its data's statistics: each resumes as it ran."""
         unused = mode_knobs(data.get("budget_control", "dual"), data.get("sharing", "union"))
         kept = {k: v for k, v in data.items() if unused.get(k) is None}
-        return cls.from_dict({"min_bap_steps": 0, **kept})
+        # Before the recipe fields, every run cropped, flipped and used its data's statistics.
+        ran = {"min_bap_steps": 0, "augment": "crop_flip", "normalize": "data"}
+        return cls.from_dict({**ran, **kept})
 
     def resumed_with(self, requested: TrainConfig) -> TrainConfig:
         """This stored run's config with the RESUME_SAFE fields of `requested`; any other

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,22 +184,22 @@ class DomainData:
         return DomainSpec(self.name, self.labels, Preprocess(self.resize, self.crop, mean, std))
 
     def _statistics(self, workers: int | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and (unbiased) std of the first training images, in float64, summed
-        batch by batch so that no more than one batch is ever decoded at once."""
+        """Per-channel mean and (unbiased) std of the first training images: exact integer sums
+        image by image, so the figures do not depend on the batching and the peak memory does
+        not grow with the images (a batch of float64 copies at 256 px is hundreds of MB)."""
         n = min(len(self.train), STATS_IMAGES)
-        works = (
-            Work(0, "train", torch.arange(i, min(i + 256, n)), SQUARE) for i in range(0, n, 256)
-        )
-        total = torch.zeros(3, dtype=torch.float64)
-        squares = torch.zeros(3, dtype=torch.float64)
+        works = (Work(0, "train", torch.arange(i, min(i + 32, n)), SQUARE) for i in range(0, n, 32))
+        total = torch.zeros(3, dtype=torch.int64)
+        squares = torch.zeros(3, dtype=torch.int64)
         count = 0
         for pixels, _ in load_batches([self], works, workers):
-            x = pixels.to(torch.float64) / 255.0
-            total += x.sum(dim=(0, 2, 3))
-            squares += (x * x).sum(dim=(0, 2, 3))
-            count += x[:, 0].numel()
-        mean = total / count
-        var = (squares - count * mean * mean) / max(count - 1, 1)
+            for image in pixels:  # batch-sized temporaries would stay with the allocator
+                wide = image.to(torch.int32)
+                total += wide.sum(dim=(1, 2), dtype=torch.int64)
+                squares += (wide * wide).sum(dim=(1, 2), dtype=torch.int64)
+                count += wide[0].numel()
+        mean = total.double() / (255.0 * count)
+        var = (squares.double() / 255.0**2 - count * mean * mean) / max(count - 1, 1)
         std = var.clamp_min(0).sqrt()
         return (
             tuple(round(float(v), 4) for v in mean),
@@ -473,13 +473,14 @@ class TrainStream:
         sampler: RoundRobin,
         generator: torch.Generator,
         augment: str,
-        rows: slice = slice(None),
+        rows: Callable[[int], slice] = lambda n: slice(None),
         workers: int | None = None,
         pin_memory: bool = False,
     ):
         self.data, self.sampler, self.generator = data, sampler, generator
         self.augment, self.rows, self.workers, self.pin_memory = augment, rows, workers, pin_memory
-        self._planned: deque[tuple[int, dict[str, dict[str, Tensor]]]] = deque()
+        # (domain, global batch size, planning state before it) of each batch planned
+        self._planned: deque[tuple[int, int, dict[str, dict[str, Tensor]]]] = deque()
         self._batches: Iterator[tuple[Tensor, Tensor]] | None = None
 
     def _snapshot(self) -> dict[str, dict[str, Tensor]]:
@@ -488,23 +489,25 @@ class TrainStream:
     def _plan(self) -> Iterator[Work]:
         while True:
             for d, data in enumerate(self.data):
-                self._planned.append((d, self._snapshot()))
+                state = self._snapshot()
                 idx = self.sampler.next_indices(d)
-                yield train_work(data, d, idx, self.generator, self.augment, self.rows)
+                self._planned.append((d, len(idx), state))
+                yield train_work(data, d, idx, self.generator, self.augment, self.rows(len(idx)))
 
-    def next(self, d: int, pre: Preprocess) -> tuple[Tensor, Tensor]:
-        """Domain d's next batch, normalised with `pre`; domains must be asked for in order."""
+    def next(self, d: int, pre: Preprocess) -> tuple[Tensor, Tensor, int]:
+        """Domain d's next batch (this process's `rows` of it), normalised with `pre`, and the
+        global batch's size; domains must be asked for in order."""
         if self._batches is None:
             self._batches = load_batches(self.data, self._plan(), self.workers, self.pin_memory)
         pixels, targets = next(self._batches)
-        planned, _ = self._planned.popleft()  # the batch's plan was queued before it was built
+        planned, size, _ = self._planned.popleft()  # queued when the batch was planned
         if planned != d:
             raise RuntimeError(f"asked for domain {d}'s batch, but domain {planned}'s is next")
-        return normalized(pixels, pre), targets
+        return normalized(pixels, pre), targets, size
 
     def state(self) -> dict[str, dict[str, Tensor]]:
         """{"sampler": ..., "augment": {"rng": ...}} as of the next batch to hand out."""
-        return self._planned[0][1] if self._planned else self._snapshot()
+        return self._planned[0][2] if self._planned else self._snapshot()
 
     def load_state(self, state: dict[str, dict[str, Tensor]]) -> None:
         if self._batches is not None:

@@ -42,7 +42,7 @@ from model_store import (
     union_filters,
 )
 
-from .data import DomainData, RoundRobin, TrainStream, recipe
+from .data import DomainData, RoundRobin, TrainStream
 from .evaluate import accuracy, domain_metrics, model_totals
 from .prune import enforce_budget
 from .publish import BACKBONE, EQUIVALENCE_TOLERANCE, provenance
@@ -150,7 +150,7 @@ def _train_new_domain(
     stream = TrainStream([data], sampler, torch.Generator().manual_seed(seed), augment)
     model.train()
     for _ in tqdm(range(steps), desc="add-domain", leave=False, disable=None):
-        x, y = stream.next(0, pre)
+        x, y, _ = stream.next(0, pre)
         masks = None if scores is None else [binary_step(sc) for sc in scores]
         loss = torch.nn.functional.cross_entropy(model(x, d, masks), y)
         if masks is not None:
@@ -219,9 +219,10 @@ def add_domain(
     budget = manifest.budget if budget is None else budget
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
-    augment, normalization = recipe(
-        config.get("augment"), config.get("normalize"), bool(config.get("pretrained"))
-    )
+    # the version's data recipe; versions published before it was recorded cropped, flipped
+    # and normalised by their data's statistics
+    used = manifest.training.get("data", {"augment": "crop_flip", "normalize": "data"})
+    augment, normalization = used["augment"], used["normalize"]
     torch.manual_seed(s.seed)
     model = grown(old, data, normalization)
     d = len(model.spec.domains) - 1

@@ -33,19 +33,25 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def accuracy(model: MultiDomainResNet, data: DomainData, batch_size: int = 256) -> float:
-    """Top-1 accuracy of `data`'s domain on its test split."""
+def accuracy(
+    model: MultiDomainResNet, data: DomainData, batch_size: int = 256, workers: int | None = None
+) -> float:
+    """Top-1 accuracy of `data`'s domain on its test split (`workers`: loader processes)."""
     index = model.spec.domain_index(data.name)
     pre = model.spec.domains[index].preprocess
     was_training = model.training
     model.eval()
-    result = split_accuracy(lambda x: model(x, index), data, pre, batch_size)
+    result = split_accuracy(lambda x: model(x, index), data, pre, batch_size, workers)
     model.train(was_training)
     return result
 
 
 def split_accuracy(
-    run: Callable[[Tensor], Any], data: DomainData, pre: Preprocess, batch_size: int = 256
+    run: Callable[[Tensor], Any],
+    data: DomainData,
+    pre: Preprocess,
+    batch_size: int = 256,
+    workers: int | None = None,
 ) -> float:
     """Top-1 accuracy of `run` (a test batch -> its logits, torch or numpy) on `data`'s test
     split, cut as serving cuts it: the torch network, its compiled graphs and their int8 or bf16
@@ -59,7 +65,7 @@ def split_accuracy(
         leave=False,
         disable=not log.isEnabledFor(logging.INFO),
     ) as bar:
-        for x, y in eval_batches(data, pre, batch_size):
+        for x, y in eval_batches(data, pre, batch_size, workers):
             correct += int((np.asarray(run(x)).argmax(1) == y.numpy()).sum())
             total += len(y)
             bar.update(len(y))

@@ -70,7 +70,9 @@ def check_equivalence(
 def build_manifest(
     config: TrainConfig, pruned: MultiDomainResNet, data: list[DomainData]
 ) -> Manifest:
-    accuracies = {d.name: round(accuracy(pruned, d, config.eval_batch_size), 6) for d in data}
+    accuracies = {
+        d.name: round(accuracy(pruned, d, config.eval_batch_size, config.workers), 6) for d in data
+    }
     return Manifest(
         name=config.name,
         spec=pruned.spec,
@@ -78,7 +80,11 @@ def build_manifest(
         budget_unit=config.budget_unit,
         domains=domain_metrics(pruned, config.budget_unit, accuracies),
         totals=model_totals(pruned),
-        training={"config": config.to_dict()},
+        # the config as given, and the data recipe its None fields resolved to
+        training={
+            "config": config.to_dict(),
+            "data": {"augment": config.augmentation, "normalize": config.normalization},
+        },
         provenance=provenance(),
         sources={d.name: entry for d, entry in zip(data, config.domains, strict=True)},
     )
@@ -116,7 +122,11 @@ def publish_result(
     for domain in result.data:
         cut = cuts[domain.name]
         after = manifest.domains[domain.name].accuracy
-        before = accuracy(trained, domain, config.eval_batch_size) if cut.filters else after
+        before = (
+            accuracy(trained, domain, config.eval_batch_size, config.workers)
+            if cut.filters
+            else after
+        )
         export[domain.name] = {
             "filters_switched_off": cut.filters,
             "cost_trained": round(cut.cost_trained, 4),

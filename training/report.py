@@ -181,9 +181,9 @@ class Report:
 
 
 def _stage1(config: TrainConfig) -> str:
-    if config.backbone and not config.pretrain_epochs:
+    if config.backbone and not config.stage1_epochs:
         return f"stage 1 loaded from `{config.backbone}` (not retrained here)"
-    return f"{config.pretrain_epochs} pretraining epochs"
+    return f"{config.stage1_epochs} pretraining epochs"
 
 
 def render_markdown(

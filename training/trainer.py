@@ -31,7 +31,14 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
-from model_store import ArtifactError, ModelSpec, MultiDomainResNet, build_model, filter_costs
+from model_store import (
+    ArtifactError,
+    DomainBatchNorm,
+    ModelSpec,
+    MultiDomainResNet,
+    build_model,
+    filter_costs,
+)
 
 from . import distributed
 from .checkpoint import (
@@ -44,7 +51,7 @@ from .checkpoint import (
     scaler_tensors,
 )
 from .config import TrainConfig
-from .data import DomainData, RoundRobin, train_batch
+from .data import DomainData, RoundRobin, TrainStream
 from .losses import CostTerms, DualMultipliers, budget_loss, sharing_loss, union_masks
 from .pretrained import load_pretrained
 from .recovery import fill_to_budget, recalibrate_bn
@@ -77,7 +84,9 @@ def load_backbone(model: MultiDomainResNet, path: Path) -> None:
 
     The shared convs are required. Per-domain tensors (BN, heads) load too when their names and
     shapes match (same domains in the same order), so a pretrained multi-domain network can be
-    the starting point of several BAP runs.
+    the starting point of several BAP runs. A single-domain network's BN (a backbone pretrained
+    on one source domain, e.g. ImageNet for the Decathlon) starts every domain's BN, as
+    `pretrained` files do.
     """
     path = Path(path)
     file = path / "weights.safetensors" if path.is_dir() else path
@@ -98,6 +107,16 @@ def load_backbone(model: MultiDomainResNet, path: Path) -> None:
         for k, v in tensors.items()
         if k in own and v.shape == own[k].shape and k.split(".")[-1] != "masks"
     }
+    stacked = (
+        f"{n}.{t}"
+        for n, m in model.named_modules()
+        if isinstance(m, DomainBatchNorm)
+        for t in ("weight", "bias", "running_mean", "running_var")
+    )
+    for key in stacked:
+        found = tensors.get(key)  # one source domain's row: it starts every domain's
+        if key not in matching and found is not None and found.shape == own[key][:1].shape:
+            matching[key] = found.expand_as(own[key]).clone()
     model.load_state_dict(matching, strict=False)
     log.info("backbone=%s loaded=%d of %d tensors", file, len(matching), len(own))
 
@@ -123,7 +142,7 @@ class Trainer:
             )
         torch.manual_seed(config.seed)
         spec = ModelSpec(
-            domains=tuple(d.domain_spec() for d in data),
+            domains=tuple(d.domain_spec(config.normalization, config.workers) for d in data),
             width=config.width,
             input_size=config.crop,
             arch=config.arch,
@@ -134,6 +153,17 @@ class Trainer:
         )
         self.sampler = RoundRobin(data, config.batch_size, config.seed)
         self.augment = torch.Generator().manual_seed(config.seed + 1)
+        # Batches are planned from the sampler and `augment` as they are handed out and built
+        # ahead by loader workers; checkpoints take the stream's state, not the sampler's.
+        self.stream = TrainStream(
+            data,
+            self.sampler,
+            self.augment,
+            config.augmentation,
+            self.ranks.rows,
+            config.workers,
+            pin_memory=self.ranks.device.type == "cuda",
+        )
         device = self.ranks.device
         costs = [c.to(device) for c in filter_costs(spec, config.budget_unit)]
         self.terms = CostTerms(spec, config.budget_unit, costs)
@@ -141,7 +171,7 @@ class Trainer:
         # the BN re-estimation's batches count as steps of a last phase.
         per_epoch = self.sampler.steps_per_epoch
         self.plan = {
-            "pretrain": math.ceil(config.pretrain_epochs * per_epoch),
+            "pretrain": math.ceil(config.stage1_epochs * per_epoch),
             "bap": stage2_steps(config, per_epoch),
             "recover": math.ceil(config.recovery_epochs * per_epoch),
             "recalibrate": config.bn_recalibration_batches * len(data),
@@ -151,7 +181,7 @@ class Trainer:
         )
         self.scaler = distributed.grad_scaler(device, config.precision)
         self.phase, self.step, self.optim_state = "pretrain", 0, {}
-        if config.backbone:  # stage 1 then fine-tunes it, for pretrain_epochs (0 skips it)
+        if config.backbone:  # stage 1 then fine-tunes it, for stage1_epochs (0 skips it)
             load_backbone(self.model, Path(config.backbone))
         self.pretrained = (
             load_pretrained(self.model, Path(config.pretrained)) if config.pretrained else None
@@ -171,11 +201,12 @@ class Trainer:
         self.ranks.check_in_sync([*self.model.parameters(), *self.switches.parameters()])
         if not self.ranks.main:
             return
+        planning = self.stream.state()  # of the next batch to train on, not the next decoded
         groups = {
             "model": self.model.state_dict(),
             "switches": self.switches.state_dict(),
-            "sampler": self.sampler.state(),
-            "rng": {"augment": self.augment.get_state(), "torch": torch.get_rng_state()},
+            "sampler": planning["sampler"],
+            "rng": {"augment": planning["augment"]["rng"], "torch": torch.get_rng_state()},
             "duals": {"values": self.duals.values},
             "optim": optimizer_tensors(optimizer) if optimizer is not None else {},
             "scaler": scaler_tensors(self.scaler),
@@ -189,8 +220,9 @@ class Trainer:
         groups, meta = found
         self.model.load_state_dict(groups["model"])
         self.switches.load_state_dict(groups["switches"])
-        self.sampler.load_state(groups["sampler"])
-        self.augment.set_state(groups["rng"]["augment"])
+        self.stream.load_state(
+            {"sampler": groups["sampler"], "augment": {"rng": groups["rng"]["augment"]}}
+        )
         torch.set_rng_state(groups["rng"]["torch"])
         self.duals.values = groups["duals"]["values"]
         load_scaler_tensors(self.scaler, groups.get("scaler", {}))
@@ -223,12 +255,9 @@ class Trainer:
     def batch(self, d: int) -> tuple[Tensor, Tensor, float]:
         """This rank's rows of domain d's next global batch, augmented, on the device, and the
         weight on their mean loss that makes DDP's average over ranks the global batch mean."""
-        data = self.data[d]
-        idx = self.sampler.next_indices(d)
-        pre = self.model.spec.domains[d].preprocess
-        x, y = train_batch(data, pre, idx, self.augment, self.ranks.rows(len(idx)))
+        x, y, size = self.stream.next(d, self.model.spec.domains[d].preprocess)
         x = self.ranks.to_device(x).contiguous(memory_format=torch.channels_last)
-        return x, self.ranks.to_device(y), self.ranks.shard_weight(len(idx))
+        return x, self.ranks.to_device(y), self.ranks.shard_weight(size)
 
     def task_loss(self, d: int, logits: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Cross-entropy on the labels, mixed with distillation from the teacher when there is one:
@@ -401,6 +430,7 @@ class Trainer:
             self.net = self.ranks.replicate(self.model)
             opt = self.sgd(self.model.domain_parameters(), cfg.recovery_lr)
             self.run_phase("recover", opt, self.stored_mask_step, bar)
+        self.stream.close()  # training batches are over: stop the loader workers
         # Every rank runs the same seeded batches, so the statistics agree without averaging.
         self.describe(bar, "recalibrate")
         recalibrate_bn(
@@ -410,6 +440,7 @@ class Trainer:
             cfg.batch_size,
             cfg.seed + 2,
             progress=bar,
+            workers=cfg.workers,
         )
         bar.close()
         scores = [s.detach().cpu().clone() for s in self.switches.scores]
