@@ -240,3 +240,43 @@ def test_openvino_not_installed_names_the_extra(compiled_store: Path) -> None:
     run = _run_script(script)  # only OpenVINO is blocked here
     assert run.returncode != 0
     assert "OpenVINO is not installed" in run.stderr and "pip install .[openvino]" in run.stderr
+
+
+async def test_torchvision_layouts_serve_reload_and_draw_their_filters(tmp_path: Path) -> None:
+    """A ResNet-18 version served from its graphs, then a hot reload to a ResNet-50 version
+    (two gated convs a block): each answers like its masked network, /domains and the filter
+    map follow the architecture, and the metrics count the requests."""
+    from model_store import DomainMetrics, Manifest, build_model, export_graphs, prune_to_union
+    from model_store import publish_version as publish
+    from tests.conftest import randomize, tiny_spec
+    from tests.server.conftest import MODEL, TOKEN, metric, serving
+
+    def version(arch: str, seed: int) -> None:
+        model = prune_to_union(randomize(build_model(tiny_spec(arch=arch)), 0.6, seed=seed))
+        metrics = {d: DomainMetrics(0.9, 100, 500, 0.5) for d in model.spec.domain_names}
+        manifest = Manifest(MODEL, model.spec, 0.5, "macs", metrics, {"parameters": 1.0})
+        publish(tmp_path, model, manifest, extra_files=export_graphs(model))
+
+    version("resnet18", seed=1)
+    async with serving(tmp_path, runtime="onnx") as client:
+        for arch, gates in (("resnet18", 8), ("resnet50", 32)):
+            if arch == "resnet50":
+                version(arch, seed=2)
+                headers = {"Authorization": f"Bearer {TOKEN}"}
+                assert (await client.post("/admin/reload", headers=headers)).status_code == 200
+            reference = Reference(tmp_path)
+            assert reference.model.spec.arch == arch
+            side = reference.manifest.spec.input_size
+            for seed, domain in enumerate(DOMAINS):
+                data = image_bytes(seed, size=(side + 3, side + 5))
+                r = await client.post(
+                    f"/classify?domain={domain}&top_k=3",
+                    content=data,
+                    headers={"content-type": "image/png"},
+                )
+                assert r.status_code == 200, r.text
+                assert_matches(r.json(), reference.scores(domain, data))
+            filters = (await client.get("/domains/filters")).json()["blocks"]
+            assert len(filters) == gates == len(reference.model.gated_masks())
+            text = (await client.get("/metrics")).text
+            assert metric(text, "bap_requests_total", domain="dom0", code="200") >= 1

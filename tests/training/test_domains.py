@@ -246,3 +246,30 @@ def test_add_grow_and_remove_domain_on_torchvision_layouts(arch: str, tmp_path: 
     with torch.no_grad():
         assert (v2(x, 1) - v3(x, 0)).abs().max() <= EQUIVALENCE_TOLERANCE
     assert removed.spec.domain_names == ("colours", "stripes")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_int8_and_bf16_on_torchvision_layouts(arch: str, tmp_path: Path) -> None:
+    """quantize and measure-bf16 on the new architectures: int8 graphs calibrated and measured
+    for every domain, the bf16 record, and the server runs each precision."""
+    import openvino
+
+    from server.runner import setup
+    from training.bf16 import measure_bf16
+    from training.quantize import quantize_version
+
+    config = tiny_config(
+        domains=[dict(d) for d in TINY_DOMAINS[:2]], name="tiny", arch=arch, width=0.125,
+        resize=36, crop=32, pretrain_epochs=1, epochs=2, budget=0.7,
+    )  # fmt: skip
+    store = tmp_path / "store"
+    publish_result(config, train(config, tmp_path / "run", progress=False), store)
+    _, manifest = quantize_version(store, "tiny", calibration_images=16)
+    assert set(manifest.precisions["int8"].accuracy) == {"shapes", "colours"}
+    assert setup(store, "tiny", precision="int8").runtime.precision == "int8"
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return  # measure-bf16 refuses a CPU without native bf16, by design
+    _, manifest = measure_bf16(store, "tiny")
+    assert set(manifest.precisions["bf16"].accuracy) == {"shapes", "colours"}
+    served = setup(store, "tiny", runtime="openvino", precision="bf16")
+    assert served.runtime.precision == "bf16"
