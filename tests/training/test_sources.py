@@ -197,13 +197,13 @@ def test_sketch_layout(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- Visual Decathlon
 
 
-def decathlon_replica(root: Path, relative_to_data: bool) -> None:
+def decathlon_replica(root: Path, relative_to_data: bool, dataset: str = "toy") -> None:
     """Two splits of a toy dataset with Decathlon-like category ids and file names."""
     categories = [{"id": 10002, "name": "boeing"}, {"id": 10001, "name": "airbus"}]
     for k, (split, count) in enumerate((("train", 6), ("val", 3), ("test", 2))):
         images, annotations = [], []
         for i in range(count):
-            written = write_image(root / "data" / "toy" / split / f"{i:04d}", seed=i + 10 * k)
+            written = write_image(root / "data" / dataset / split / f"{i:04d}", seed=i + 10 * k)
             rel = written.relative_to(root / "data").as_posix()
             image_id = 1000 * k + i
             name = rel if relative_to_data else f"data/{rel}"
@@ -212,7 +212,7 @@ def decathlon_replica(root: Path, relative_to_data: bool) -> None:
                 annotations.append({"id": i, "image_id": image_id, "category_id": 10001 + i % 2})
         doc = {"images": images, "annotations": annotations, "categories": categories}
         (root / "annotations").mkdir(parents=True, exist_ok=True)
-        (root / "annotations" / f"toy_{split}.json").write_text(json.dumps(doc))
+        (root / "annotations" / f"{dataset}_{split}.json").write_text(json.dumps(doc))
 
 
 @pytest.mark.parametrize("relative_to_data", [False, True])
