@@ -325,6 +325,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     settings = vars(args) | {"model": "embedded", "_machine": machine()}
     between = args.requests // (args.replicas + 2)
     figures: dict[str, Any] = {}
