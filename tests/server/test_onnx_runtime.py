@@ -178,6 +178,7 @@ def test_onnx_runtime_runs_one_thread_batches_one_per_core(
     def threads_and_batches(**settings) -> tuple[set[int], int]:
         graphs = load_model(settings_for(compiled_store, runtime="onnx", **settings)).runtime
         sessions = [*graphs.domains.values(), graphs.mixed]
+        assert not any(s.get_session_options().enable_cpu_mem_arena for s in sessions)
         threads = {s.get_session_options().intra_op_num_threads for s in sessions}
         return threads, graphs.parallel_batches
 
