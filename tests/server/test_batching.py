@@ -221,3 +221,50 @@ async def test_no_workers_is_refused() -> None:
     with pytest.raises(ValueError, match="workers"):
         async with batcher(Recorder(), workers=0):
             pass
+
+
+class ThreadRecorder(Recorder):
+    """Also records which thread ran each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def __call__(self, batch: Batch) -> list[Any]:
+        self.threads.append(threading.get_ident())
+        return super().__call__(batch)
+
+
+async def test_a_lone_item_of_a_quick_lane_runs_on_the_callers_thread() -> None:
+    run = ThreadRecorder()
+    async with batcher(run, max_delay_s=0.0) as b:
+        assert not b.can_run_alone("v1")  # nothing measured yet: the first goes to a worker
+        assert await b.submit("v1", "a", 0) == ("a", 0)
+        assert b.can_run_alone("v1") and not b.can_run_alone("v2")  # measured for v1 only
+        assert b.run_alone("v1", "a", 1) == ("a", 1)
+    assert run.threads[0] != threading.get_ident() and run.threads[1] == threading.get_ident()
+    assert run.shapes() == [("domain", ["a"]), ("domain", ["a"])]
+
+
+async def test_nothing_runs_alone_beside_queued_or_running_items_or_for_a_slow_lane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = Gate(held=2)  # the first is measured; the second holds the worker
+    async with batcher(run, max_delay_s=0.0, max_batch_size=8) as b:
+        first = asyncio.ensure_future(b.submit("v1", "a", 0))
+        await run.running()
+        run.release.set()
+        await first
+        run.release.clear()
+        assert b.can_run_alone("v1")
+        busy = asyncio.ensure_future(b.submit("v1", "a", 1))
+        await run.running()
+        assert not b.can_run_alone("v1")  # a batch is running
+        queued = asyncio.ensure_future(b.submit("v1", "a", 2))
+        await asyncio.sleep(0)
+        assert not b.can_run_alone("v1")  # and one is queued behind it
+        run.release.set()
+        assert (await busy, await queued) == (("a", 1), ("a", 2))
+        assert b.can_run_alone("v1")
+        monkeypatch.setattr("server.batching.ALONE_MAX_S", 0.0)  # every lane is now "slow"
+        assert not b.can_run_alone("v1")
