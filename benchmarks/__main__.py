@@ -23,6 +23,7 @@ from . import (
     model_bench,
     peer_envs,
     peers_bench,
+    peers_resnet50,
     report,
     resnet50_bench,
     server_bench,
@@ -74,6 +75,12 @@ def suites(
     mem = memory_bench.Settings(16, shape=TINY, domains=2) if quick else memory_bench.Settings(64)
     web = http_bench.Settings(BUNDLED_STORE, "embedded", "fashion")
     peers = peers_settings(quick, install, peers_cache)
+    peers50 = peers_resnet50.Settings(install=install, cache=peers_cache)
+    if quick:
+        peers50 = replace(
+            peers50, shape=Shape(32, 0.125, "resnet50"), domains=2, clients=2, seconds=1.0,
+            warmup_s=0.0,
+        )  # fmt: skip
     r50 = resnet50_bench.Settings()
     if quick:
         r50 = resnet50_bench.Settings(
@@ -97,7 +104,10 @@ def suites(
         "memory": [("memory", lambda: memory_bench.measure(mem), mem)],
         "http": [("http", lambda: http_bench.measure(web), web)],
         "resnet50": [("resnet50", lambda: resnet50_bench.measure(r50), r50)],
-        "peers": [("peers", lambda: peers_bench.measure(peers), peers)],
+        "peers": [
+            ("peers", lambda: peers_bench.measure(peers), peers),
+            ("peers_resnet50", lambda: peers_resnet50.measure(peers50), peers50),
+        ],
     }
 
 

@@ -70,21 +70,22 @@ class Peer:
     packages: tuple[str, ...]  # empty: the project's own interpreter has everything it needs
     distributions: tuple[str, ...]  # whose versions the table reports
     command: Callable[[Path, list[int]], list[str]]  # (python, ports) -> argv
-    request: Callable[[bytes], Request]
+    request: Callable[[bytes, str], Request]  # (image, model name) -> the request
     answer: Callable[[Any, list[str]], Top5]  # (response JSON, labels) -> top-5
     ports: int = 1
     triton: bool = False  # needs libpython on LD_LIBRARY_PATH
     version_path: str | None = None  # GET here answers {"version": ...} (the server's own)
 
 
-def raw(path: str) -> Callable[[bytes], Request]:
-    return lambda image: Request(path, image, "image/png")
+def raw(path: str) -> Callable[[bytes, str], Request]:
+    """The PNG as the raw body, POSTed to `path` ({model} filled in)."""
+    return lambda image, model: Request(path.format(model=model), image, "image/png")
 
 
 BOUNDARY = "bap-bench-boundary"
 
 
-def multipart(image: bytes) -> Request:
+def multipart(image: bytes, model: str) -> Request:
     """The PNG as BentoML's `images` file part."""
     head = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="image.png"'
@@ -94,7 +95,7 @@ def multipart(image: bytes) -> Request:
     return Request("/classify", body, f"multipart/form-data; boundary={BOUNDARY}")
 
 
-def v2_binary(image: bytes) -> Request:
+def v2_binary(image: bytes, model: str) -> Request:
     """An Open Inference Protocol request with the binary tensor extension: the JSON header,
     then the BYTES element (4-byte little-endian length + the PNG)."""
     header = json.dumps(
@@ -111,7 +112,7 @@ def v2_binary(image: bytes) -> Request:
         }
     ).encode()
     return Request(
-        "/v2/models/fashion/infer",
+        f"/v2/models/{model}/infer",
         header + struct.pack("<I", len(image)) + image,
         "application/octet-stream",
         {"Inference-Header-Content-Length": str(len(header))},
@@ -155,11 +156,13 @@ PLAIN_X2 = "FastAPI + ORT, --workers 2"
 PEERS: dict[str, Peer] = {
     PLAIN: Peer(
         "sync `def` endpoint (FastAPI's threadpool), raw body as `bytes`, no batching",
-        (), ("fastapi", "uvicorn", "onnxruntime"), _uvicorn(1), raw("/classify"), predictions,
+        (), ("fastapi", "uvicorn", "onnxruntime"), _uvicorn(1), raw("/classify/{model}"),
+        predictions,
     ),
     PLAIN_X2: Peer(
         "the same app in 2 uvicorn worker processes (one session each)",
-        (), ("fastapi", "uvicorn", "onnxruntime"), _uvicorn(2), raw("/classify"), predictions,
+        (), ("fastapi", "uvicorn", "onnxruntime"), _uvicorn(2), raw("/classify/{model}"),
+        predictions,
     ),
     "Triton (PyTriton)": Peer(
         "PyTriton's Triton with its Python backend calling ONNX Runtime (its wheel has no "
@@ -231,7 +234,7 @@ def measure(s: Settings) -> dict[str, Any]:
         graph.write_bytes(stored.read(domain_key(s.domain)))  # sha256-checked by the store
         base = {k: v for k, v in os.environ.items() if not k.startswith(("BAP_", "BENCH_"))}
         base |= {
-            "BENCH_GRAPH": str(graph),
+            "BENCH_GRAPHS": json.dumps({s.domain: str(graph)}),
             "BENCH_PREPROCESS": json.dumps(asdict(pre.preprocess)),
             "BENCH_LABELS": json.dumps(labels),
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(APPS)]),
@@ -245,7 +248,7 @@ def measure(s: Settings) -> dict[str, Any]:
         launches, info, skipped = [ours], {OURS: _our_info()}, {}
         for name in s.peers:
             try:
-                launch, info[name] = _prepare(name, PEERS[name], s, base, image)
+                launch, info[name] = prepare(name, s.install, s.cache, base, image, s.domain)
                 launches.append(launch)
             except PeerUnavailable as exc:
                 log.warning("%s skipped: %s", name, exc)
@@ -271,18 +274,21 @@ def _our_info() -> dict[str, Any]:
     }
 
 
-def _prepare(
-    name: str, peer: Peer, s: Settings, base: dict[str, str], image: bytes
+def prepare(
+    name: str, install: bool, cache: Path, base: dict[str, str], image: bytes, model: str
 ) -> tuple[Launch, dict[str, Any]]:
-    python = peer_python(_folder(name), peer.packages, s.cache, s.install)
+    """Peer `name` ready to start (its environment made if allowed) and what the table says
+    of it; raises PeerUnavailable with the reason."""
+    peer = PEERS[name]
+    python = peer_python(_folder(name), peer.packages, cache, install)
     env = dict(base)
     if peer.triton:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             filter(None, [libdir(python), base.get("LD_LIBRARY_PATH")])
         )
     launch = Launch(
-        name, lambda ports: peer.command(python, ports), env, peer.request(image), peer.answer,
-        peer.ports, peer.version_path,
+        name, lambda ports: peer.command(python, ports), env, peer.request(image, model),
+        peer.answer, peer.ports, peer.version_path,
     )  # fmt: skip
     info = {"settings": peer.settings, "versions": versions(python, peer.distributions)}
     return launch, info
@@ -308,7 +314,7 @@ def _rounds(
             if launch.name in skipped:
                 continue
             try:
-                with _started(launch, logs) as (pid, url, seconds, body):
+                with started(launch, logs) as (pid, url, seconds, body):
                     got = launch.answer(body, labels)
                     reference = reference or got  # ours runs first in every round
                     check_answer(launch.name, got, reference)
@@ -352,7 +358,7 @@ def check_answer(name: str, got: Top5, reference: Top5) -> None:
 
 
 @contextmanager
-def _started(launch: Launch, logs: Path) -> Iterator[tuple[int, str, float, Any]]:
+def started(launch: Launch, logs: Path) -> Iterator[tuple[int, str, float, Any]]:
     """Start the server in its own session (so its whole tree can be stopped), wait for its
     first 200 to the benchmark's request; yield (pid, base URL, seconds to it, its JSON)."""
     ports = [free_port() for _ in range(launch.ports)]

@@ -374,6 +374,45 @@ def peers_section(result: dict[str, Any]) -> str:
     )
 
 
+def peers_resnet50_section(result: dict[str, Any]) -> str:
+    f = result["figures"]
+    rows = []
+    for name, r in f["servers"].items():
+        ratio = f["ratios"].get(name)
+        versions = f["peer_versions"].get(name, {}).get("versions", {})
+        rows.append(
+            [
+                name,
+                ", ".join(f"{k} {v}" for k, v in versions.items()) or "this repo",
+                f"{r['req_per_s']:.1f}",
+                f"{r['p99_ms']:.0f}",
+                f"{r['memory']['rss'] / 2**20:.0f} / {r['memory']['pss'] / 2**20:.0f}",
+                r["memory"]["processes"],
+                f"{r['cold_start_s']:.1f}",
+                r["errors"],
+                f"{ratio['req_per_s']:.2f} / {ratio['rss']:.2f}" if ratio else "",
+            ]
+        )
+    header = ["server", "versions", "req/s", "p99 ms", "RSS / PSS MiB", "processes",
+              "cold start s", "errors", "ours ÷ it: req/s / RSS"]  # fmt: skip
+    n = len(f["domains"])
+    return "\n\n".join(
+        [
+            f"## ResNet-50 at 224 px, {n} domains: our pruned server vs the peers with {n} "
+            "unpruned networks",
+            run_line(result),
+            f"Ours: one pruned {n}-domain version (β {result['settings']['budget']}); each peer: "
+            f"{n} unpruned ResNet-50 graphs as {n} models (one ONNX Runtime thread a session, one "
+            "Triton instance a model), random weights, each server checked against its graphs "
+            f"in-process first. `wrk -t1` per domain, {result['settings']['clients']} clients "
+            f"split over the {n} domains at once, {result['settings']['seconds']:g} s after "
+            f"{result['settings']['warmup_s']:g} s of warm-up; a {f['image_bytes']}-byte PNG.",
+            table(header, rows),
+            *[f"Not measured: {name}: {why}" for name, why in f["skipped"].items()],
+        ]
+    )
+
+
 def _peers_targets(f: dict[str, Any]) -> list[list[object]]:
     """Issue 29: ours ahead of every peer by the margins asked, one run, same client."""
     out: list[list[object]] = []
@@ -661,6 +700,13 @@ def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
         out += _resnet50_targets(results["resnet50"]["figures"])
     if "peers" in results:
         out += _peers_targets(results["peers"]["figures"])
+    if "peers_resnet50" in results:
+        for name, r in results["peers_resnet50"]["figures"]["ratios"].items():
+            out += [
+                [f"ResNet-50 224 px, 4 domains: ours (pruned) ÷ {name} (4 unpruned), req/s",
+                 f"{r['req_per_s']:.2f}", "≥ 1.7", _ok(r["req_per_s"] >= 1.7)],
+                [f"same: RSS, ours ÷ {name}", f"{r['rss']:.2f}", "≤ 0.4", _ok(r["rss"] <= 0.4)],
+            ]  # fmt: skip
     return out
 
 
@@ -708,6 +754,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "http": http_section,
         "resnet50": resnet50_section,
         "peers": peers_section,
+        "peers_resnet50": peers_resnet50_section,
     }
     parts = [
         "# Benchmarks",

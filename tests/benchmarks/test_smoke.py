@@ -23,6 +23,7 @@ SECTIONS = {
     "http": "## HTTP",
     "resnet50": "## ResNet-50 at 224 px",
     "peers": "## Servers a user would pick instead",
+    "peers_resnet50": "## ResNet-50 at 224 px, 2 domains: our pruned server vs the peers",
 }
 
 
@@ -140,8 +141,9 @@ def test_resnet50_suite(tmp_path: Path) -> None:
 
 def test_peers_suite_runs_the_plain_app_and_skips_what_is_not_installed(tmp_path: Path) -> None:
     """With an empty peers cache and --no-install nothing is downloaded: the two plain FastAPI
-    apps (the project's own packages) answer our top-5 and are timed; every other peer is
-    skipped with the reason, and the table and targets name what was measured."""
+    apps (the project's own packages) answer our top-5 and are timed, and the plain app serves
+    the ResNet-50 run's unpruned graphs; every other peer is skipped with the reason, and the
+    tables and targets name what was measured."""
     cache = tmp_path / "peers-cache"
     results, text = run_suite("peers", tmp_path, "--no-install", "--peers-cache", str(cache))
     f = results["peers"]["figures"]
@@ -157,6 +159,11 @@ def test_peers_suite_runs_the_plain_app_and_skips_what_is_not_installed(tmp_path
     assert all(f["summary"][n]["pss_mib"] > 0 for n in f["summary"])
     assert f"ours ÷ {peers_bench.PLAIN}, req/s at 1 client" in text
     assert "Not measured: LitServe: not installed" in text
+    r50 = results["peers_resnet50"]["figures"]  # the plain app serving one graph per domain
+    assert set(r50["servers"]) == {"ours", peers_bench.PLAIN}
+    assert set(r50["skipped"]) == {"Triton (PyTriton)"}
+    assert all(r["errors"] == 0 and r["req_per_s"] > 0 for r in r50["servers"].values())
+    assert f"ours (pruned) ÷ {peers_bench.PLAIN} (4 unpruned), req/s" in text
 
 
 def test_a_peer_answering_unlike_ours_is_not_timed() -> None:
