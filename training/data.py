@@ -407,19 +407,6 @@ def eval_batches(
         yield normalized(pixels, pre), targets
 
 
-def train_batch(
-    data: DomainData,
-    pre: Preprocess,
-    indices: Tensor,
-    generator: torch.Generator,
-    rows: slice = slice(None),
-    augment: str = "crop_flip",
-) -> tuple[Tensor, Tensor]:
-    """One augmented, normalised training batch, built here (see `train_work`)."""
-    pixels, targets = build(data, train_work(data, 0, indices, generator, augment, rows))
-    return normalized(pixels, pre), targets
-
-
 class RoundRobin:
     """One shuffled batch per domain per step, so every step sees (and shapes the union of) all
     domains. Each domain reshuffles when exhausted; an epoch is the largest domain's pass.

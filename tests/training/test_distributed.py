@@ -28,7 +28,7 @@ from tests.training.conftest import TINY_DOMAINS, tiny_config
 from training import distributed
 from training.checkpoint import CHECKPOINT, load_checkpoint
 from training.config import TrainConfig
-from training.data import train_batch
+from training.data import AUGMENTS, build, train_work
 from training.evaluate import accuracy
 from training.losses import run_length_scale
 from training.publish import publish_result
@@ -293,18 +293,23 @@ def test_two_rank_checkpoint_resumes_on_one_rank(backbone: Path, tmp_path: Path)
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_rank_slices_rebuild_the_single_process_batch(world: int) -> None:
-    """Each rank's rows, augmented with the global draws, are exactly the single-process rows,
-    and the loss weights make the average of the shard means the global mean."""
+    """Each rank's rows, augmented with the global draws (either transform), are exactly the
+    single-process rows, and the loss weights make the average of the shard means the global
+    mean."""
     data = load_domain(TINY_DOMAINS[0], 18, 16)
-    pre = data.domain_spec().preprocess
     idx = torch.randperm(len(data.train))[:30]
-    whole, targets = train_batch(data, pre, idx, torch.Generator().manual_seed(5))
+
+    def rows(augment: str, part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        return build(
+            data, train_work(data, 0, idx, torch.Generator().manual_seed(5), augment, part)
+        )
+
     ranks = [distributed.Ranks(r, world) for r in range(world)]
-    parts = [
-        train_batch(data, pre, idx, torch.Generator().manual_seed(5), r.rows(30)) for r in ranks
-    ]
-    assert torch.equal(torch.cat([x for x, _ in parts]), whole)
-    assert torch.equal(torch.cat([y for _, y in parts]), targets)
+    for augment in AUGMENTS:
+        whole, targets = rows(augment)
+        parts = [rows(augment, r.rows(30)) for r in ranks]
+        assert torch.equal(torch.cat([x for x, _ in parts]), whole)
+        assert torch.equal(torch.cat([y for _, y in parts]), targets)
     losses = torch.rand(30)
     shard_means = [losses[r.rows(30)].mean() * r.shard_weight(30) for r in ranks]
     torch.testing.assert_close(sum(shard_means) / world, losses.mean())
