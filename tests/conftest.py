@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import struct
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -37,6 +39,17 @@ def _seed_and_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels() -> Iterator[None]:
+    """A CLI run in-process sets its package logger's level (INFO by default): put every level
+    back, so no later test inherits it."""
+    names = ("training", "server", "model_store", "benchmarks")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def tiny_spec(
