@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -101,6 +102,21 @@ def decathlon_baseline_errors(names: list[str]) -> list[float] | None:
     return [1 - DECATHLON_BASELINE[n] / 100 for n in names]
 
 
+def on_backbone(config: TrainConfig, backbone: Path, **changes: Any) -> TrainConfig:
+    """`config` started from the report's stage-1 network instead: a `pretrained` file gives
+    way to `backbone` (a run takes one of them), and the data recipe it implied is pinned, so
+    every method trains and serves its images as the pretrained run would."""
+    pinned = TrainConfig.from_dict(
+        {
+            **config.to_dict(),
+            "pretrained": None,
+            "augment": config.augmentation,
+            "normalize": config.normalization,
+        }
+    )
+    return pinned.override(backbone=str(backbone), **changes)
+
+
 WALL_SECONDS = "wall_seconds"  # beside each run: its training time over every report session
 
 
@@ -145,9 +161,10 @@ class Report:
             path = self.out / f"single-{data.name}.safetensors"
             single = slice_network(self.pretrained, full, [d])
             save_file({k: v.contiguous() for k, v in single.state_dict().items()}, str(path))
-            run = cfg.override(
+            run = on_backbone(
+                cfg,
+                path,
                 domains=[entry],
-                backbone=str(path),
                 pretrain_epochs=cfg.epochs,
                 pretrain_lr=cfg.lr,
                 epochs=0.0,
@@ -169,9 +186,7 @@ class Report:
 
     def switched(self, method: str, budget: float, backbone: Path, **changes) -> Row:
         """A stage-2 run from the pretrained weights, exported with the budget guarantee."""
-        run = self.config.override(
-            backbone=str(backbone), pretrain_epochs=0.0, budget=budget, **changes
-        )
+        run = on_backbone(self.config, backbone, pretrain_epochs=0.0, budget=budget, **changes)
         result, seconds = self._train(method.split()[0].strip("()") + f"-{budget}", run)
         pruned, _ = export_pruned(result.model, result.scores, budget, run.budget_unit)
         return _row(method, budget, pruned, self.data, run, seconds)

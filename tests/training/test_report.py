@@ -80,3 +80,16 @@ def test_report_from_a_given_stage1_network_starts_every_method_from_it_unchange
 
     missing = report(cfg, tmp_path, "--backbone", str(tmp_path / "nope.safetensors"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
+
+
+def test_methods_from_a_pretrained_config_start_from_the_stage1_network(tmp_path: Path) -> None:
+    """A pretrained config's methods run from the report's stage-1 network (`backbone`, not
+    both) with the recipe the pretrained file implied: RRC and ImageNet statistics."""
+    from training.config import TrainConfig
+    from training.report import on_backbone
+
+    config = TrainConfig(arch="resnet18", width=1.0, pretrained="r18.pth")
+    run = on_backbone(config, tmp_path / "stage1.safetensors", pretrain_epochs=0.0, budget=0.25)
+    assert (run.pretrained, run.backbone) == (None, str(tmp_path / "stage1.safetensors"))
+    assert (run.augmentation, run.normalization) == ("random_resized_crop", "imagenet")
+    assert (run.budget, run.stage1_epochs) == (0.25, 0.0)
