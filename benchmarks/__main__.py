@@ -85,7 +85,7 @@ def suites(
     if quick:
         r50 = resnet50_bench.Settings(
             Shape(32, 0.125, "resnet50"), domains=2, batches=(1,), timing_seconds=0.05,
-            clients=4, load_seconds=1.0, warmup_s=0.0, max_requests=40,
+            clients=4, rounds=1, load_seconds=1.0, warmup_s=0.0, max_requests=40,
         )  # fmt: skip
     if quick:
         web = replace(web, clients=(1, 2), seconds=1.0, warmup_s=0.0, inprocess_seconds=0.05)

@@ -284,6 +284,8 @@ def resnet50_section(result: dict[str, Any]) -> str:
                 speed,
             ),  # fmt: skip
             table(["", "req/s", "p99 ms", "RSS MiB", "PSS MiB", "USS MiB", "errors"], servers),
+            f"Load rounds in turn, req/s: ours {o.get('rounds')}, the single-domain servers "
+            f"{s.get('rounds')} (the median round is in the table). "
             f"One server / the single-domain servers: RSS {f['rss_ratio']:.2f}, PSS "
             f"{f['pss_ratio']:.2f}, req/s {f['throughput_ratio']:.2f}. In-process ceiling "
             f"(decode + forward, batch 16, every core): {f['ceiling']['images_per_s']:.1f} img/s; "
