@@ -35,7 +35,7 @@ import numpy as np
 
 from model_store import domain_key, open_version
 
-from .common import ROOT, process_memory
+from .common import ROOT, cpu_seconds, process_memory
 from .http_bench import fashion_png
 from .peer_envs import DEFAULT_CACHE, PeerUnavailable, libdir, peer_python, versions
 from .process import free_port
@@ -323,7 +323,7 @@ def _rounds(
                         reply = httpx.get(url + launch.version_path, timeout=10).json()
                         server_versions[launch.name] = reply["version"]
                     for clients in s.clients:
-                        row = _wrk(url, launch.request, clients, s)
+                        row = _wrk(url, launch.request, clients, s, pid)
                         rows.append({"server": launch.name, "round": round_} | row)
                         log.info("peers %s", rows[-1])
                     memory.append({"server": launch.name, "round": round_} | tree_memory(pid))
@@ -341,11 +341,16 @@ def _rounds(
     }
 
 
-def _wrk(url: str, req: Request, clients: int, s: Settings) -> dict[str, Any]:
+def _wrk(url: str, req: Request, clients: int, s: Settings, pid: int) -> dict[str, Any]:
+    """wrk's figures, and the CPU time the server's whole tree spent per answered request
+    (what a busy machine disturbs least: waiting for a core is not in it)."""
     target = url + req.path
     if s.warmup_s:
         run_wrk(target, req.body, req.content_type, clients, s.warmup_s, req.headers)
-    return run_wrk(target, req.body, req.content_type, clients, s.seconds, req.headers)
+    before = tree_cpu(pid)
+    row = run_wrk(target, req.body, req.content_type, clients, s.seconds, req.headers)
+    requests = max(1.0, row["req_per_s"] * max(1, round(s.seconds)))
+    return row | {"cpu_ms_per_request": (tree_cpu(pid) - before) * 1e3 / requests}
 
 
 def check_answer(name: str, got: Top5, reference: Top5) -> None:
@@ -431,6 +436,17 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of every process in the tree so far."""
+    total = 0.0
+    for p in descendants(pid):
+        try:
+            total += cpu_seconds(p)
+        except OSError:  # gone meanwhile
+            continue
+    return total
+
+
 def tree_memory(pid: int) -> dict[str, int]:
     """RSS, PSS and USS summed over the whole process tree (RSS counts shared pages once per
     process; PSS splits them, so PSS is what the tree costs the machine)."""
@@ -457,6 +473,7 @@ def _summary(name: str, r: dict[str, Any], clients: tuple[int, ...]) -> dict[str
                 "req_per_s_max": max(rate),
                 "p50_ms": statistics.median(x["p50_ms"] for x in rows),
                 "p99_ms": statistics.median(x["p99_ms"] for x in rows),
+                "cpu_ms_per_request": statistics.median(x["cpu_ms_per_request"] for x in rows),
                 "errors": sum(x["non_2xx"] + x["socket_errors"] for x in rows),
                 "rounds": len(rows),
             }
