@@ -18,7 +18,6 @@ import torch
 
 from . import (
     http_bench,
-    levers,
     memory_bench,
     model_bench,
     peer_envs,
@@ -34,7 +33,6 @@ from .workloads import BUNDLED, HEADLINE, Shape
 log = logging.getLogger("benchmarks")
 TINY = Shape(16, 0.25)
 BUNDLED_STORE = ROOT / "model_store" / "bundled"  # what `make embedded` publishes
-LEVERS_QUICK = tuple(k for k in levers.LEVERS if k != "torch.compile")
 
 
 def model_settings(quick: bool) -> model_bench.Settings:
@@ -69,9 +67,6 @@ def suites(
 ) -> dict[str, list[tuple[str, Callable[[], dict[str, Any]], object]]]:
     """suite -> [(result name, measure, settings)]; settings go into the JSON as they are."""
     m, s = model_settings(quick), replace(server_settings(quick), torch_threads=threads)
-    lever_batches, lever_seconds = ((1,), 0.01) if quick else ((1, 32), 0.4)
-    lever_names = LEVERS_QUICK if quick else tuple(levers.LEVERS)
-    lever_shape = TINY if quick else HEADLINE
     mem = memory_bench.Settings(16, shape=TINY, domains=2) if quick else memory_bench.Settings(64)
     web = http_bench.Settings(BUNDLED_STORE, "embedded", "fashion")
     peers = peers_settings(quick, install, peers_cache)
@@ -89,17 +84,8 @@ def suites(
         )  # fmt: skip
     if quick:
         web = replace(web, clients=(1, 2), seconds=1.0, warmup_s=0.0, inprocess_seconds=0.05)
-    lever_args = {
-        "batches": lever_batches,
-        "seconds": lever_seconds,
-        "levers": lever_names,
-        "shape": lever_shape,
-    }
     return {
-        "model": [
-            ("model", lambda: model_bench.measure(m), m),
-            ("levers", lambda: levers.measure(**lever_args), lever_args),
-        ],
+        "model": [("model", lambda: model_bench.measure(m), m)],
         "server": [("server", lambda: server_bench.measure(s), s)],
         "memory": [("memory", lambda: memory_bench.measure(mem), mem)],
         "http": [("http", lambda: http_bench.measure(web), web)],

@@ -1,7 +1,7 @@
 """docs/benchmarks.md from whatever results/*.json exist, plus two hand-written parts:
 findings.md (what the figures mean, after the targets) and method.md (how they are made, last).
 
-Tables only restate the JSON; the targets table computes each issue target from it, so the
+Tables only restate the JSON; the targets table computes each target from it, so the
 doc and the figures cannot drift apart. Every table names the run (machine, load, commit).
 """
 
@@ -101,32 +101,6 @@ def model_section(result: dict[str, Any]) -> str:
     for shape, rows in by_shape.items():
         parts += [f"### {shape}", table(header, model_rows(rows))]
     return "\n\n".join(parts)
-
-
-def levers_section(result: dict[str, Any]) -> str:
-    rows = [
-        [
-            r["batch"],
-            r["lever"],
-            r["ms"],
-            r["speedup_vs_eager"],
-            r["setup_s"],
-            r["max_abs_logit_change"],
-        ]
-        for r in result["figures"]["rows"]
-    ]
-    first = result["figures"]["rows"][0]
-    header = ["batch", "lever", "ms / batch", "speedup", "set-up s", "max abs Δ logit"]
-    return "\n\n".join(
-        [
-            "## CPU levers",
-            run_line(result),
-            f"Network: {first['network']} ({first['shape']}, {first['gmacs_per_image']:.3g} "
-            "GMACs / image), the server's one-domain path. Speedup is against eager + no_grad "
-            "in the same run; set-up is the first call (tracing, compiling).",
-            table(header, rows),
-        ]
-    )
 
 
 def _by(points: list[Row], server: str, traffic: str) -> dict[int, Row]:
@@ -296,7 +270,7 @@ def resnet50_section(result: dict[str, Any]) -> str:
 
 def _peer_ratios(f: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per peer: ours ÷ it, req/s at the fewest and the most clients and p99 at the most, from
-    the medians over the interleaved rounds (issue 29)."""
+    the medians over the interleaved rounds."""
     ours = f["summary"]["ours"]
     clients = sorted(int(c) for c in ours if c.isdigit())
     lo, hi = str(clients[0]), str(clients[-1])
@@ -471,7 +445,7 @@ def _runtime_targets(rows: list[Row], shape: str, budget: float = 0.5) -> list[l
 
 
 def _http_ratios(f: dict[str, Any]) -> dict[str, float]:
-    """The issue-12 ratios of one http run (same wrk client, same image)."""
+    """The HTTP ratios of one http run (same wrk client, same image)."""
     at = {(r["app"], r["clients"]): r for r in f["rows"]}
     lo, hi = min(c for _, c in at), max(c for _, c in at)
     rate = {k: r["req_per_s"] for k, r in at.items()}
@@ -543,7 +517,7 @@ def _ceiling_line(f: dict[str, Any], x: dict[str, float]) -> str:
 
 
 def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
-    """Each issue-6, -8 and -12 target: the measured figure, the goal, met or not."""
+    """Each target, named by what it measures: the measured figure, the goal, met or not."""
     out: list[list[object]] = []
     if "model" in results:
         rows = results["model"]["figures"]["rows"]
@@ -715,7 +689,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[list[object]]:
 
 
 def _resnet50_targets(f: dict[str, Any]) -> list[list[object]]:
-    """Issue 28's serving targets at ResNet-50 224 px."""
+    """The serving targets at ResNet-50 224 px."""
     best = {}
     for g in f["graph_speed"]:
         if g["batch"] == 16:  # the faster of the two paths the server can take for a domain
@@ -752,7 +726,6 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     """The whole of docs/benchmarks.md."""
     sections = {
         "model": model_section,
-        "levers": levers_section,
         "server": server_section,
         "memory": memory_section,
         "http": http_section,
@@ -767,7 +740,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "`benchmarks/results/*.json`; edit `benchmarks/findings.md` and "
         "`benchmarks/method.md`, not this file. Medians after warm-up; ratios are taken within "
         "one run.",
-        "## Targets (issues 6, 8, 12, 28 and 29)",
+        "## Targets",
         targets_table(results),
         *_text(FINDINGS),
         *(fn(results[name]) for name, fn in sections.items() if name in results),

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import http_bench, peers_bench, threads_probe
+from benchmarks import http_bench, peers_bench
 from benchmarks.__main__ import main
 from benchmarks.server_bench import SWEEPS
 from benchmarks.wrk import parse
 
 SECTIONS = {
     "model": "## Model level",
-    "levers": "## CPU levers",
     "server": "## Server level",
     "memory": "## Memory",
     "http": "## HTTP",
@@ -45,7 +44,7 @@ def run_suite(suite: str, tmp_path: Path, *flags: str) -> tuple[dict[str, dict],
 
 def test_model_suite(tmp_path: Path) -> None:
     results, _ = run_suite("model", tmp_path)
-    assert set(results) == {"model", "levers"}
+    assert set(results) == {"model"}
     rows = results["model"]["figures"]["rows"]
     strategies = {r["strategy"] for r in rows}
     assert {
@@ -58,8 +57,6 @@ def test_model_suite(tmp_path: Path) -> None:
         "own filters, ONNX Runtime",
     } <= strategies
     assert all(r["ms"] > 0 and r["macs_ratio"] >= 1 for r in rows)
-    levers = {r["lever"] for r in results["levers"]["figures"]["rows"]}
-    assert {"channels_last", "jit trace + freeze (BN folded)", "1 thread"} <= levers
 
 
 @pytest.mark.slow
@@ -123,12 +120,6 @@ Requests/sec:   1234.56
         "non_2xx": 3,
         "socket_errors": 0,
     }
-
-
-def test_threads_probe_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
-    threads_probe.main(["1"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("| threads") and len(lines) == 5
 
 
 def test_resnet50_suite(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`[OMP_WAIT_POLICY=PASSIVE] python -m benchmarks.threads_probe [threads]`: one network, one
+"""`[OMP_WAIT_POLICY=PASSIVE] python -m experiments.threads_probe [threads]`: one network, one
 thread count, batch 1/8/32, wall and CPU time per forward.
 
 OpenMP's wait policy is read once, when the process starts, so it cannot be a lever inside one
@@ -14,10 +14,11 @@ from functools import partial
 
 import torch
 
-from .common import time_calls
+from benchmarks.common import time_calls
+from benchmarks.report import table
+from benchmarks.workloads import HEADLINE
+
 from .levers import OneDomain, served_network
-from .report import table
-from .workloads import HEADLINE
 
 
 def main(argv: list[str]) -> None:

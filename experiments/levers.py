@@ -1,4 +1,5 @@
-"""CPU levers: the same network and input under each execution option, timed in one run.
+"""CPU levers (an experiment, `python -m experiments.levers`): the same network and input under
+each execution option, timed in one run.
 
 Each lever turns a one-domain network into a callable on an NCHW float batch and includes
 whatever conversion it needs inside the call (a server would pay it too). Every lever's logits
@@ -18,10 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks.common import time_calls, torch_threads
+from benchmarks.workloads import HEADLINE, Shape, executed_macs, masked_network
 from model_store import MultiDomainResNet, domain_view, prune_to_union
-
-from .common import time_calls, torch_threads
-from .workloads import HEADLINE, Shape, executed_macs, masked_network
 
 log = logging.getLogger(__name__)
 Runner = Callable[[Tensor], Tensor]
@@ -162,3 +162,13 @@ def measure(
             )
         log.info("levers: batch %d done", batch)
     return {"rows": rows}
+
+
+if __name__ == "__main__":  # python -m experiments.levers: the full run, results as JSON
+    import json
+    import sys
+
+    from benchmarks.common import machine
+
+    figures = measure((1, 32), 0.4, tuple(LEVERS))
+    sys.stdout.write(json.dumps({"machine": machine(), "figures": figures}, indent=2) + "\n")
