@@ -8,8 +8,8 @@ Cases, for each batch size (medians after warm-up, `torch.inference_mode`, as th
   (`forward_mixed`). Union + mask computes the same filters for every domain, so it is timed
   on domain 0; the own-filter views differ per domain, so each domain is timed.
 - the same reference and own-filter views exported to ONNX and run in ONNX Runtime, as the
-  server runs them (`model_store.graphs.domain_graph`): "full, ONNX Runtime" and "own filters,
-  ONNX Runtime", so the pruned speed-up through the runtime is their ratio.
+  server runs them (`model_store.runtimes.graphs.domain_graph`): "full, ONNX Runtime" and
+  "own filters, ONNX Runtime", so the pruned speed-up through the runtime is their ratio.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from model_store import (
     load_version,
     prune_to_union,
 )
-from model_store.graphs import domain_graph
-from model_store.onnx_runtime import make_session
+from model_store.runtimes.graphs import domain_graph
+from model_store.runtimes.onnx_runtime import make_session
 
 from .common import Timing, peak_rss_delta, time_calls
 from .workloads import Shape, domain_fraction, executed_macs, masked_network

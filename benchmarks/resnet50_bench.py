@@ -32,7 +32,7 @@ from model_store import (
     open_version,
     prune_to_union,
 )
-from model_store.layout import MIXED_KEY, domain_key, view_domains
+from model_store.runtimes.layout import MIXED_KEY, domain_key, view_domains
 
 from .common import process_memory, time_calls
 from .inprocess import InProcess

@@ -9,9 +9,6 @@ training never imports ONNX Runtime.
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .errors import ArtifactError, one_line
-from .layout import MIXED_KEY, PRECISIONS, domain_key, mixed_key
-from .manifest import FORMAT_VERSION, DomainMetrics, Manifest, PrecisionRecord
 from .preprocess import (
     ACCEPTED_FORMATS,
     ImageError,
@@ -24,8 +21,11 @@ from .preprocess import (
     preprocess_bytes,
     resize_shorter,
 )
+from .runtimes.layout import MIXED_KEY, PRECISIONS, domain_key, mixed_key
 from .spec import DomainSpec, ModelSpec, Preprocess, SpecError, domain_name_problems
-from .stored import (
+from .store.errors import ArtifactError, one_line
+from .store.manifest import FORMAT_VERSION, DomainMetrics, Manifest, PrecisionRecord
+from .store.stored import (
     StoredVersion,
     current_version,
     list_models,
@@ -34,7 +34,7 @@ from .stored import (
     previous_version,
     version_path,
 )
-from .versions import (
+from .store.versions import (
     Publication,
     collect_garbage,
     derive_version,
@@ -47,39 +47,39 @@ from .versions import (
 )
 
 _LAZY = {
-    "read_artifact": "artifact",
-    "load_model": "artifact",
-    "UNITS": "cost",
-    "baseline_cost": "cost",
-    "cost_fraction": "cost",
-    "domain_cost": "cost",
-    "filter_costs": "cost",
-    "independent_parameters": "cost",
-    "model_parameters": "cost",
-    "shared_fraction": "cost",
-    "single_domain_parameters": "cost",
-    "DomainBatchNorm": "layers",
-    "ARCH_BUILDERS": "network",
-    "MultiDomainResNet": "network",
-    "build_model": "network",
-    "OnnxGraphs": "onnx_runtime",
-    "make_session": "onnx_runtime",
-    "OpenVinoGraphs": "openvino_runtime",
-    "export_graphs": "graphs",
-    "compile_graph": "openvino_runtime",
-    "domain_filters": "slicing",
-    "domain_view": "slicing",
-    "prune_to_union": "slicing",
-    "slice_network": "slicing",
-    "union_filters": "slicing",
-    "expand_network": "slicing",
-    "TorchRuntime": "torch_runtime",
+    "read_artifact": "store.artifact",
+    "load_model": "store.artifact",
+    "UNITS": "nets.cost",
+    "baseline_cost": "nets.cost",
+    "cost_fraction": "nets.cost",
+    "domain_cost": "nets.cost",
+    "filter_costs": "nets.cost",
+    "independent_parameters": "nets.cost",
+    "model_parameters": "nets.cost",
+    "shared_fraction": "nets.cost",
+    "single_domain_parameters": "nets.cost",
+    "DomainBatchNorm": "nets.layers",
+    "ARCH_BUILDERS": "nets.network",
+    "MultiDomainResNet": "nets.network",
+    "build_model": "nets.network",
+    "OnnxGraphs": "runtimes.onnx_runtime",
+    "make_session": "runtimes.onnx_runtime",
+    "OpenVinoGraphs": "runtimes.openvino_runtime",
+    "export_graphs": "runtimes.graphs",
+    "compile_graph": "runtimes.openvino_runtime",
+    "domain_filters": "nets.slicing",
+    "domain_view": "nets.slicing",
+    "prune_to_union": "nets.slicing",
+    "slice_network": "nets.slicing",
+    "union_filters": "nets.slicing",
+    "expand_network": "nets.slicing",
+    "TorchRuntime": "runtimes.torch_runtime",
     "filter_map": "filter_map",
 }
 
 if TYPE_CHECKING:
-    from .artifact import load_model, read_artifact
-    from .cost import (
+    from .filter_map import filter_map
+    from .nets.cost import (
         UNITS,
         baseline_cost,
         cost_fraction,
@@ -90,13 +90,9 @@ if TYPE_CHECKING:
         shared_fraction,
         single_domain_parameters,
     )
-    from .filter_map import filter_map
-    from .graphs import export_graphs
-    from .layers import DomainBatchNorm
-    from .network import ARCH_BUILDERS, MultiDomainResNet, build_model
-    from .onnx_runtime import OnnxGraphs, make_session
-    from .openvino_runtime import OpenVinoGraphs, compile_graph
-    from .slicing import (
+    from .nets.layers import DomainBatchNorm
+    from .nets.network import ARCH_BUILDERS, MultiDomainResNet, build_model
+    from .nets.slicing import (
         domain_filters,
         domain_view,
         expand_network,
@@ -104,7 +100,11 @@ if TYPE_CHECKING:
         slice_network,
         union_filters,
     )
-    from .torch_runtime import TorchRuntime
+    from .runtimes.graphs import export_graphs
+    from .runtimes.onnx_runtime import OnnxGraphs, make_session
+    from .runtimes.openvino_runtime import OpenVinoGraphs, compile_graph
+    from .runtimes.torch_runtime import TorchRuntime
+    from .store.artifact import load_model, read_artifact
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
-"""`python -m model_store`: the store CLI (see model_store/cli.py)."""
+"""`python -m model_store`: the store CLI (see model_store/store/cli.py)."""
 
 import sys
 
-from .cli import main
+from .store.cli import main
 
 sys.exit(main())

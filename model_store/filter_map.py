@@ -11,8 +11,8 @@ from typing import Any
 
 from safetensors.numpy import load
 
-from .manifest import WEIGHTS
-from .stored import StoredVersion
+from .store.manifest import WEIGHTS
+from .store.stored import StoredVersion
 
 
 def filter_map(stored: StoredVersion) -> list[dict[str, Any]]:

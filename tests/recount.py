@@ -1,6 +1,6 @@
 """An independent recount of a network's cost: forward hooks and parameter tensors, no formulas.
 
-The product's counter (model_store.cost) computes figures from the spec; these count what a
+The product's counter (model_store.nets.cost) computes figures from the spec; these count what a
 loaded network actually holds and executes, so a test can compare the two.
 """
 

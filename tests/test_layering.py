@@ -26,9 +26,10 @@ MODULE_BANS = {
 }
 TORCH_FREE = [
     *(f"server/{p.name}" for p in sorted((ROOT / "server").glob("*.py"))),
-    *(f"model_store/{m}.py" for m in ("__init__", "manifest", "spec", "preprocess", "versions")),
-    "model_store/onnx_runtime.py",
-    "model_store/filter_map.py",
+    *(f"model_store/{m}.py" for m in ("__init__", "spec", "preprocess", "filter_map")),
+    *(f"model_store/store/{m}.py" for m in ("manifest", "files", "refs", "stored", "versions")),
+    *(f"model_store/store/{m}.py" for m in ("errors", "cli")),
+    *(f"model_store/runtimes/{m}.py" for m in ("layout", "onnx_runtime", "openvino_runtime")),
 ]
 
 

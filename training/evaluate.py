@@ -1,7 +1,7 @@
 """Evaluation: per-domain accuracy, parameters, MACs and budget use; model totals; Decathlon S.
 
 Accuracy runs the test split through `data.eval_batches`, the same centre crop and normalisation
-as serving. Every cost figure comes from `model_store.cost`.
+as serving. Every cost figure comes from `model_store.nets.cost`.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def model_totals(model: MultiDomainResNet) -> dict[str, float]:
         "parameters_vs_single_domain": round(stored / single, 6),
         "parameters_vs_independent": round(stored / independent, 6),
         "baseline_macs": sum(macs) / len(macs),
-        # what one image costs through the stored (union) network: the server's choice between
-        # a domain's own view and the union graph reads it (model_store.layout.view_domains)
+        # what one image costs through the stored (union) network: the server's choice between a
+        # domain's own view and the union graph reads it (model_store.runtimes.layout)
         "union_macs": float(domain_cost(spec, "macs", 0, every_kept)),
     }
 

@@ -1,6 +1,6 @@
 """The BAP objective: cross-entropy per domain + budget hinge per domain + a sharing loss.
 
-Cost fractions come from `model_store.cost`, the same counter the reports and the server use.
+Cost fractions come from `model_store.nets.cost`, the same counter the reports and the server use.
 The sharing forms (our choices, configurable):
 - union: max(0, c(union) - budget): the pruned model itself must fit the budget.
 - intersection: mean over domains of c(domain) - c(intersection): cost outside the common core.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from model_store import open_version, version_path
-from model_store.refs import REFS
+from model_store.store.refs import REFS
 
 
 def republish_manifest(

@@ -21,7 +21,7 @@ from model_store import (
     set_current,
     version_path,
 )
-from model_store.artifact import WEIGHTS
+from model_store.store.artifact import WEIGHTS
 from tests.conftest import randomize, tiny_spec
 from tests.model_store.store_tools import leftovers, record_digest, republish_manifest
 

@@ -18,8 +18,8 @@ from model_store import (
     prune_to_union,
     publish_version,
 )
-from model_store.artifact import WEIGHTS
-from model_store.cli import main
+from model_store.store.artifact import WEIGHTS
+from model_store.store.cli import main
 from tests.conftest import randomize, tiny_spec
 from tests.model_store.store_tools import leftovers, republish_manifest
 from tests.model_store.test_artifact import _manifest

@@ -12,7 +12,7 @@ from model_store import (
     prune_to_union,
     single_domain_parameters,
 )
-from model_store.cost import filter_costs
+from model_store.nets.cost import filter_costs
 from tests.conftest import randomize, tiny_spec
 from tests.recount import executed_macs, held_parameters
 

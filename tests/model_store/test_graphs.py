@@ -19,9 +19,9 @@ from model_store import (
     publish_version,
     read_artifact,
 )
-from model_store.layout import MIXED_KEY, domain_key
-from model_store.onnx_runtime import OnnxGraphs
-from model_store.openvino_runtime import OpenVinoGraphs
+from model_store.runtimes.layout import MIXED_KEY, domain_key
+from model_store.runtimes.onnx_runtime import OnnxGraphs
+from model_store.runtimes.openvino_runtime import OpenVinoGraphs
 from tests.model_store.test_artifact import _manifest
 
 TOLERANCE = 1e-4
@@ -155,7 +155,7 @@ def test_export_graphs_publishes_a_derived_version_with_fresh_graphs(tmp_path: P
     graphs; what was measured on the old graphs (int8 graphs and records) is not carried; the
     old version is untouched, and CURRENT moves to the new one since it named the source."""
     from model_store import PrecisionRecord, build_model, current_version, list_versions
-    from model_store.cli import main
+    from model_store.store.cli import main
     from tests.conftest import randomize, tiny_spec
 
     model = prune_to_union(randomize(build_model(tiny_spec()), seed=4)).eval()
@@ -193,7 +193,7 @@ def test_a_domain_graph_has_no_mask_product_and_refuses_a_masked_network() -> No
     import onnx
 
     from model_store import build_model, domain_view
-    from model_store.graphs import domain_graph
+    from model_store.runtimes.graphs import domain_graph
     from tests.conftest import randomize, tiny_spec
 
     masked = randomize(build_model(tiny_spec()), 0.5, seed=6).eval()
@@ -214,7 +214,7 @@ def test_a_domain_without_its_own_view_runs_through_the_union_graph(
     keeps a view only where it skips at least VIEW_MIN_SAVING of the union's MACs."""
     import shutil
 
-    from model_store.layout import view_domains
+    from model_store.runtimes.layout import view_domains
     from tests.model_store.store_tools import republish_manifest
 
     masked, folder, manifest = version

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import torch
 
 from model_store import MIXED_KEY, build_model, domain_key, prune_to_union
-from model_store.graphs import export_graphs
+from model_store.runtimes.graphs import export_graphs
 from tests.conftest import randomize, tiny_input, tiny_spec
 
 TOLERANCE = 1e-4

@@ -14,7 +14,7 @@ from model_store import (
     model_parameters,
     prune_to_union,
 )
-from model_store.layers import DomainBatchNorm
+from model_store.nets.layers import DomainBatchNorm
 from model_store.spec import ARCHITECTURES, DomainSpec, Preprocess
 from tests.conftest import randomize, tiny_input, tiny_spec
 

@@ -101,7 +101,7 @@ def test_mixed_batch_refuses_training_mode() -> None:
 def test_padded_filters_change_no_output_bit(arch: str, keep_prob: float) -> None:
     """Zero filters added for the runtime's SIMD blocks: counts rounded up, outputs the same (an
     added term is an exact zero; only a kernel's summation order may move the last bits)."""
-    from model_store.slicing import pad_filters
+    from model_store.nets.slicing import pad_filters
 
     pruned = prune_to_union(randomize(build_model(tiny_spec(arch=arch)), keep_prob, seed=5)).eval()
     padded = pad_filters(pruned, 8)

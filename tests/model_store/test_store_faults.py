@@ -26,7 +26,7 @@ from model_store import (
     seed_versions,
     set_current,
 )
-from model_store import files as store_files
+from model_store.store import files as store_files
 from tests.conftest import randomize, tiny_spec
 from tests.model_store.store_tools import assert_store_sound, leftovers
 from tests.model_store.test_artifact import _manifest

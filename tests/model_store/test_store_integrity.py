@@ -34,10 +34,10 @@ from model_store import (
     set_current,
     version_path,
 )
-from model_store import files as store_files
-from model_store.cli import main
-from model_store.layout import domain_key
-from model_store.onnx_runtime import OnnxGraphs
+from model_store.runtimes.layout import domain_key
+from model_store.runtimes.onnx_runtime import OnnxGraphs
+from model_store.store import files as store_files
+from model_store.store.cli import main
 from tests.conftest import randomize, tiny_spec
 from tests.model_store.store_tools import (
     assert_store_sound,

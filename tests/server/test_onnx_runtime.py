@@ -145,7 +145,7 @@ def test_int8_needs_a_graph_runtime(store: Path) -> None:
 NO_TORCH_CLI = """
 import sys
 sys.modules["torch"] = None
-from model_store.cli import main
+from model_store.store.cli import main
 store, volume = sys.argv[1], sys.argv[2]
 for args in (["verify"], ["list"], ["set-current", "v2"], ["seed", "--from", store]):
     base = ["--store", volume if args[0] == "seed" else store, "--name", "tiny"]

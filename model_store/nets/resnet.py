@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..spec import BlockSpec, ModelSpec
 from .layers import DomainBatchNorm, MultiDomainResNet, Route, gated_output, zeros_like_output
-from .spec import BlockSpec, ModelSpec
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..spec import BlockSpec, ModelSpec
 from .layers import (
     DomainBatchNorm,
     MultiDomainResNet,
@@ -24,7 +25,6 @@ from .layers import (
     zeros_like_output,
 )
 from .resnet import TorchvisionResNet
-from .spec import BlockSpec, ModelSpec
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

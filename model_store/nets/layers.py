@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .spec import ModelSpec
+from ..spec import ModelSpec
 
 
 class DomainBatchNorm(nn.Module):

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..runtimes.layout import GRAPH_DIR
 from . import files
 from .errors import ArtifactError
-from .layout import GRAPH_DIR
 from .manifest import MANIFEST, WEIGHTS, Manifest, PrecisionRecord, file_entry
 from .refs import (
     REFS,
@@ -40,7 +40,7 @@ from .refs import (
 from .stored import StoredVersion, open_version
 
 if TYPE_CHECKING:  # torch is imported only where weights are read or written
-    from .network import MultiDomainResNet
+    from ..nets.network import MultiDomainResNet
 
 log = logging.getLogger(__name__)
 SAME_AS_NOW = "same-as-now"  # publish_version: move CURRENT whatever it names
@@ -179,8 +179,8 @@ def recompile_version(
     weights by this code: how a compiled graph fix or a version without graphs reaches a stored
     model without retraining. int8 graphs and precision records are not carried (measure them
     again on the new graphs)."""
+    from ..runtimes.graphs import export_graphs
     from .artifact import load_model
-    from .graphs import export_graphs
 
     stored = open_version(store, name, version)
     graphs = export_graphs(load_model(stored))

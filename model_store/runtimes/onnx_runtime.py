@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..store.manifest import ArtifactError, Manifest
+from ..store.stored import StoredVersion
 from .layout import MIXED, graph_keys, view_domains
-from .manifest import ArtifactError, Manifest
-from .stored import StoredVersion
 
 # No usage telemetry from a model server (ONNX Runtime 1.29+ sends it from Linux builds too;
 # the Docker image also sets ORT_DISABLE_TELEMETRY=1, which acts before the runtime starts).

@@ -93,7 +93,7 @@ def deep_check(stored: StoredVersion) -> str:
     try:
         from .artifact import load_model
     except ImportError:
-        from .onnx_runtime import OnnxGraphs
+        from ..runtimes.onnx_runtime import OnnxGraphs
 
         OnnxGraphs(stored, threads=1)  # refuses a version without graphs, says why
         return "graphs load in ONNX Runtime (no torch here)"

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..spec import ModelSpec, SpecError
 from .errors import ArtifactError
 from .files import check_key
-from .spec import ModelSpec, SpecError
 
 FORMAT_VERSION = 2  # 2: typed precision records and per-domain sources (1 is still read)
 READABLE_FORMATS = (1, 2)

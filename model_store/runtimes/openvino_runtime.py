@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from ..store.manifest import ArtifactError
+from ..store.stored import StoredVersion
 from .layout import MIXED, graph_keys, view_domains
-from .manifest import ArtifactError
 from .onnx_runtime import check_classes, column_slices
-from .stored import StoredVersion
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
 

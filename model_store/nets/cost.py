@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .spec import BlockSpec, ModelSpec
+from ..spec import BlockSpec, ModelSpec
 
 UNITS = ("macs", "params")
 

@@ -24,10 +24,10 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .layers import DomainRoute, MixedRoute
+from ..nets.layers import DomainRoute, MixedRoute
+from ..nets.network import MultiDomainResNet
+from ..nets.slicing import domain_view, pad_filters
 from .layout import MIXED_KEY, domain_key
-from .network import MultiDomainResNet
-from .slicing import domain_view, pad_filters
 
 OPSET = 17
 # ONNX Runtime's CPU convolutions take their blocked (NCHWc) kernels only when channel counts are

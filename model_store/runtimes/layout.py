@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ArtifactError
-from .manifest import Manifest
+from ..store.errors import ArtifactError
+from ..store.manifest import Manifest
 
 GRAPH_DIR = "graphs"
 PRECISIONS = ("fp32", "int8")  # int8: `python -m training quantize` adds graphs/int8/...

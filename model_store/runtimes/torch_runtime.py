@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .network import MultiDomainResNet
-from .slicing import domain_view
+from ..nets.network import MultiDomainResNet
+from ..nets.slicing import domain_view
 
 
 def _channels_last(model: MultiDomainResNet) -> MultiDomainResNet:

@@ -13,8 +13,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from ..nets.network import MultiDomainResNet, build_model
 from .manifest import FORMAT_VERSION, WEIGHTS, ArtifactError, Manifest
-from .network import MultiDomainResNet, build_model
 from .stored import StoredVersion, open_folder
 
 
