@@ -31,6 +31,8 @@ from tests.conftest import randomize, tiny_spec
 from tests.model_store.store_tools import assert_store_sound, leftovers
 from tests.model_store.test_artifact import _manifest
 
+pytestmark = pytest.mark.slow  # end-to-end: make test runs it, make test-fast does not
+
 MAX_STEPS = 40  # more than any command takes; a command that finishes stops the sweep
 _MODEL = prune_to_union(randomize(build_model(tiny_spec()), 0.5, seed=11)).eval()
 

@@ -35,10 +35,13 @@ from training.publish import publish_result
 from training.sources import load_domain
 from training.trainer import PRETRAINED, train
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not Path("/proc/self/status").is_file(),
-    reason="needs torch.distributed (gloo) and Linux /proc",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not Path("/proc/self/status").is_file(),
+        reason="needs torch.distributed (gloo) and Linux /proc",
+    ),
+]
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 RUN_TIMEOUT = 150  # seconds for one torchrun; a tiny run takes ~15 s on 2 busy cores

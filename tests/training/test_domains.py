@@ -121,6 +121,7 @@ def test_removed_domain_leaves_the_others_outputs(published: Path, tmp_path: Pat
     assert (store / "tiny" / "v3" / "backbone.safetensors").read_bytes() == backbone
 
 
+@pytest.mark.slow
 def test_cli_add_domain_then_the_server_reloads_it(published: Path, tmp_path: Path) -> None:
     store = _copy(published, tmp_path)
     import anyio
@@ -194,6 +195,7 @@ def test_grow_without_a_backbone_says_what_to_pass(published: Path, tmp_path: Pa
         add_domain(tmp_path, "tiny", dict(NEW), settings=QUICK, grow=True)
 
 
+@pytest.mark.slow
 def test_every_command_finds_each_domain_by_name_after_add_and_remove(
     published: Path, tmp_path: Path
 ) -> None:
@@ -222,6 +224,7 @@ def test_every_command_finds_each_domain_by_name_after_add_and_remove(
     assert served.runtime.precision == "int8" and list(served.index) == ["colours", "stripes"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_add_grow_and_remove_domain_on_torchvision_layouts(arch: str, tmp_path: Path) -> None:
     """The torchvision-layout networks take add-domain (with --grow, so their stem, conv3 and
@@ -248,6 +251,7 @@ def test_add_grow_and_remove_domain_on_torchvision_layouts(arch: str, tmp_path: 
     assert removed.spec.domain_names == ("colours", "stripes")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_int8_and_bf16_on_torchvision_layouts(arch: str, tmp_path: Path) -> None:
     """quantize and measure-bf16 on the new architectures: int8 graphs calibrated and measured

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load, save_file
@@ -31,6 +32,8 @@ from training.report import DECATHLON_BASELINE, Row, render_markdown
 from training.sources import load_domain
 
 from .test_sources import decathlon_replica
+
+pytestmark = pytest.mark.slow  # end-to-end: make test runs it, make test-fast does not
 
 # What the tests shrink; everything else is the preset's own.
 TINY = {

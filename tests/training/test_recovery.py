@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from model_store import DomainBatchNorm, baseline_cost, cost_fraction, filter_costs
@@ -68,6 +69,7 @@ def _costs(model) -> list[float]:
     ]
 
 
+@pytest.mark.slow
 def test_fill_to_budget_hands_back_the_dropped_union_filters(tmp_path: Path) -> None:
     kept = _run(tmp_path, "f0", fill_to_budget=False, budget=0.5)
     filled = _run(tmp_path, "f1", fill_to_budget=True, budget=0.5)

@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.training.conftest import tiny_config
+
+pytestmark = pytest.mark.slow  # end-to-end: make test runs it, make test-fast does not
 
 
 def report(cfg: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:

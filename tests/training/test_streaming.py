@@ -243,6 +243,7 @@ PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_images(tmp_path: Path) -> None:
     """The same batches (6 training batches of 16 at 224 px, 2 test batches, statistics over
     every training image) over 64 and 640 image files: peak RSS of the process and of its

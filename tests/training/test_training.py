@@ -84,6 +84,7 @@ def test_published_model_respects_budget_and_its_figures_recount(trained) -> Non
     assert loaded_manifest.training["masked_vs_pruned_max_abs_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,6 +117,7 @@ def test_killed_run_resumes_to_the_same_result(
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.slow
 def test_cli_trains_publishes_and_inspects(tmp_path: Path) -> None:
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(tiny_config().to_dict()))
