@@ -6,11 +6,12 @@ No timing is asserted: only that each suite ran, recorded where and how, and pro
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import http_bench, peers_bench
+from benchmarks import http_bench, peer_envs, peers_bench
 from benchmarks.__main__ import main
 from benchmarks.server_bench import SWEEPS
 from benchmarks.wrk import parse
@@ -131,14 +132,14 @@ def test_resnet50_suite(tmp_path: Path) -> None:
 
 
 def test_peers_suite_runs_the_plain_app_and_skips_what_is_not_installed(tmp_path: Path) -> None:
-    """With an empty peers cache and --no-install nothing is downloaded: the two plain FastAPI
-    apps (the project's own packages) answer our top-5 and are timed, and the plain app serves
+    """With an empty peers cache and --no-install nothing is downloaded: the plain FastAPI app
+    (the project's own packages) answers our top-5 and is timed, and it serves
     the ResNet-50 run's unpruned graphs; every other peer is skipped with the reason, and the
     tables and targets name what was measured."""
     cache = tmp_path / "peers-cache"
     results, text = run_suite("peers", tmp_path, "--no-install", "--peers-cache", str(cache))
     f = results["peers"]["figures"]
-    assert set(f["summary"]) == {"ours", peers_bench.PLAIN, peers_bench.PLAIN_X2}
+    assert set(f["summary"]) == {"ours", peers_bench.PLAIN}
     assert set(f["skipped"]) == set(peers_bench.PEERS) - {peers_bench.PLAIN, peers_bench.PLAIN_X2}
     assert all("not installed" in why for why in f["skipped"].values())
     assert not cache.exists()  # nothing was made
@@ -164,3 +165,20 @@ def test_a_peer_answering_unlike_ours_is_not_timed() -> None:
         peers_bench.check_answer("x", [("Sandal", 0.99), ("Ankle boot", 0.01)], ours)
     with pytest.raises(peers_bench.ServerFailed, match="not timed"):
         peers_bench.check_answer("x", [("Ankle boot", 0.98), ("Sandal", 0.01)], ours)
+
+
+def test_a_peer_environment_is_used_only_when_its_stamp_lists_exactly_its_pins(
+    tmp_path: Path,
+) -> None:
+    """No pip here: a made environment is found by its stamp; a changed pin, without
+    installing allowed, is a skip with the reason, and needing no package is the project's own
+    interpreter."""
+    python = tmp_path / "litserve" / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    (tmp_path / "litserve" / peer_envs.STAMP).write_text("litserve==0.2.19\nnumpy==2.4.6\n")
+    pins = ("litserve==0.2.19", "numpy==2.4.6")
+    assert peer_envs.peer_python("litserve", pins, tmp_path, install=False) == python
+    with pytest.raises(peer_envs.PeerUnavailable, match="not installed"):
+        peer_envs.peer_python("litserve", ("litserve==0.2.20",), tmp_path, install=False)
+    assert peer_envs.peer_python("fastapi", (), tmp_path, install=False) == Path(sys.executable)
