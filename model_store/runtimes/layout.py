@@ -5,10 +5,14 @@ without importing a runtime.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..store.errors import ArtifactError
 from ..store.manifest import Manifest
+
+Loaded = TypeVar("Loaded")
 
 GRAPH_DIR = "graphs"
 PRECISIONS = ("fp32", "int8")  # int8: `python -m training quantize` adds graphs/int8/...
@@ -74,3 +78,13 @@ def view_domains(manifest: Manifest, policy: str = "auto") -> list[str]:
     if policy == "union":
         return []
     return [d for d in names if manifest.domains[d].macs <= (1 - VIEW_MIN_SAVING) * union]
+
+
+def load_graphs(
+    manifest: Manifest, keys: dict[str, str], views: list[str], load: Callable[[str, int], Loaded]
+) -> tuple[Loaded, dict[str, Loaded]]:
+    """The union graph and the graph of each domain in `views`, each made by `load(key,
+    classes)` (a runtime's session or compiled model, told how many logits it must output)."""
+    labels = {d.name: len(d.labels) for d in manifest.spec.domains}
+    mixed = load(keys[MIXED], sum(labels.values()))
+    return mixed, {n: load(k, labels[n]) for n, k in keys.items() if n in views and n != MIXED}

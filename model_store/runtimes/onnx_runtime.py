@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from ..store.manifest import ArtifactError, Manifest
 from ..store.stored import StoredVersion
-from .layout import MIXED, graph_keys, view_domains
+from .layout import graph_keys, load_graphs, view_domains
 
 # No usage telemetry from a model server (ONNX Runtime 1.29+ sends it from Linux builds too;
 # the Docker image also sets ORT_DISABLE_TELEMETRY=1, which acts before the runtime starts).
@@ -82,9 +82,7 @@ class OnnxGraphs:
             check_classes(stored.folder / key, made.get_outputs()[0].shape[-1], classes)
             return made
 
-        labels = {d.name: len(d.labels) for d in manifest.spec.domains}
-        self.mixed = session(keys.pop(MIXED), sum(labels.values()))
-        self.domains = {n: session(k, labels[n]) for n, k in keys.items() if n in views}
+        self.mixed, self.domains = load_graphs(manifest, keys, views, session)
         self.columns = column_slices(manifest)
         self.index = {name: i for i, name in enumerate(manifest.spec.domain_names)}
 

@@ -23,7 +23,7 @@ import openvino as ov
 
 from ..store.manifest import ArtifactError
 from ..store.stored import StoredVersion
-from .layout import MIXED, graph_keys, view_domains
+from .layout import graph_keys, load_graphs, view_domains
 from .onnx_runtime import check_classes, column_slices
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -74,11 +74,9 @@ class OpenVinoGraphs:
             check_classes(path, compiled.outputs[0].get_partial_shape()[-1].get_length(), classes)
             return compiled.create_infer_request()
 
-        labels = {d.name: len(d.labels) for d in manifest.spec.domains}
         self.precision = precision
         self.parallel_batches = 1  # one infer request per graph: two batches would share it
-        self.mixed = request(keys.pop(MIXED), sum(labels.values()))
-        self.domains = {n: request(k, labels[n]) for n, k in keys.items() if n in views}
+        self.mixed, self.domains = load_graphs(manifest, keys, views, request)
         self.columns = column_slices(manifest)
         self.index = {name: i for i, name in enumerate(manifest.spec.domain_names)}
 

@@ -224,18 +224,24 @@ def test_every_command_finds_each_domain_by_name_after_add_and_remove(
     assert served.runtime.precision == "int8" and list(served.index) == ["colours", "stripes"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_add_grow_and_remove_domain_on_torchvision_layouts(arch: str, tmp_path: Path) -> None:
-    """The torchvision-layout networks take add-domain (with --grow, so their stem, conv3 and
-    downsample convs travel in the backbone file too) and remove-domain like ResNet-26: old
-    domains unchanged, the removed domain's filters gone, graphs published."""
+def _published_arch(arch: str, tmp_path: Path) -> Path:
+    """A store holding v1 of a tiny trained `arch` network of two domains."""
     config = tiny_config(
         domains=[dict(d) for d in TINY_DOMAINS[:2]], name="tiny", arch=arch, width=0.125,
         resize=36, crop=32, pretrain_epochs=1, epochs=2, budget=0.7,
     )  # fmt: skip
     store = tmp_path / "store"
     publish_result(config, train(config, tmp_path / "run", progress=False), store)
+    return store
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_add_grow_and_remove_domain_on_torchvision_layouts(arch: str, tmp_path: Path) -> None:
+    """The torchvision-layout networks take add-domain (with --grow, so their stem, conv3 and
+    downsample convs travel in the backbone file too) and remove-domain like ResNet-26: old
+    domains unchanged, the removed domain's filters gone, graphs published."""
+    store = _published_arch(arch, tmp_path)
     _, v1 = load_version(store, "tiny", "v1")
     added, _ = add_domain(store, "tiny", dict(NEW), budget=0.9, settings=QUICK, grow=True)
     _, v2 = load_version(store, "tiny", "v2")
@@ -262,12 +268,7 @@ def test_int8_and_bf16_on_torchvision_layouts(arch: str, tmp_path: Path) -> None
     from training.bf16 import measure_bf16
     from training.quantize import quantize_version
 
-    config = tiny_config(
-        domains=[dict(d) for d in TINY_DOMAINS[:2]], name="tiny", arch=arch, width=0.125,
-        resize=36, crop=32, pretrain_epochs=1, epochs=2, budget=0.7,
-    )  # fmt: skip
-    store = tmp_path / "store"
-    publish_result(config, train(config, tmp_path / "run", progress=False), store)
+    store = _published_arch(arch, tmp_path)
     _, manifest = quantize_version(store, "tiny", calibration_images=16)
     assert set(manifest.precisions["int8"].accuracy) == {"shapes", "colours"}
     assert setup(store, "tiny", precision="int8").runtime.precision == "int8"
