@@ -48,6 +48,7 @@ def test_run_length_scale_speeds_only_short_runs() -> None:
     assert run_length_scale(DUAL_REFERENCE_STEPS // 10) == pytest.approx(100.0)
 
 
+@pytest.mark.slow
 def test_a_short_run_on_a_small_folder_reaches_the_budget_by_training(tmp_path: Path) -> None:
     """The case a new user met: two small domains (3 and 2 classes, 80 images), 3 + 3 epochs at
     batch 16, so stage 2 has 15 steps. Before the multipliers scaled with the run's length no
@@ -91,6 +92,7 @@ def embedded_like(**changes) -> TrainConfig:
     return tiny_config(**{**settings, **changes})
 
 
+@pytest.mark.slow
 def test_a_short_stage_2_is_lengthened_until_training_reaches_the_budget(tmp_path: Path) -> None:
     """9 steps (min_bap_steps 0) end at 0.51-0.53 of the MACs and the export's cut takes two
     domains from 0.98 / 0.83 to 0.63 / 0.40, refused after the run; min_bap_steps' 50 reach

@@ -18,6 +18,7 @@ def _run(tmp_path: Path, name: str, **changes):
     return train(tiny_config(**changes), tmp_path / name, progress=False)
 
 
+@pytest.mark.slow
 def test_score_momentum_changes_the_learned_scores(tmp_path: Path) -> None:
     flat = _run(tmp_path, "m0", score_momentum=0.0)
     heavy = _run(tmp_path, "m9", score_momentum=0.9)
