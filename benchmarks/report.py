@@ -244,7 +244,7 @@ def resnet50_section(result: dict[str, Any]) -> str:
             "## ResNet-50 at 224 px: where pruning pays",
             run_line(result),
             f"Domain cost fractions (MACs): {f['domain_cost_fractions']}; views loaded by "
-            f"`domain_graphs` auto: {f['views_loaded'] or 'none (every domain via the union)'}.",
+            f"the server's default `domain_graphs`: {f['views_loaded'] or 'none (the union)'}.",
             table(
                 [
                     "domain",

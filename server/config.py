@@ -73,12 +73,11 @@ class Settings(BaseSettings):
         "openvino: the same graphs in OpenVINO (pip install .[openvino]); torch; "
         "auto: onnx when the version carries graphs (python -m model_store export-graphs)",
     )
-    domain_graphs: Literal["auto", "views", "union"] = Field(
-        "auto",
-        description="ONNX Runtime: which domains run through their own view graph (only their "
-        "filters: fastest for one-domain batches, but each view holds its own copy of its "
-        "weights) and which through the union graph (one copy for all): views, union, or auto "
-        "(a view only where it skips at least a tenth of the union's compute)",
+    domain_graphs: Literal["views", "union"] = Field(
+        "views",
+        description="compiled runtimes: views runs a one-domain batch through that domain's own "
+        "graph (only its filters, BN folded: the fastest), union through the union graph "
+        "(every domain's weights held once: the least memory; mixed batches use it either way)",
     )
     precision: Precision = Field(
         "fp32",

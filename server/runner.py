@@ -95,7 +95,7 @@ def load_runtime(
     runtime: str,
     threads: int | None,
     precision: str = "fp32",
-    domain_graphs: str = "auto",
+    domain_graphs: str = "views",
 ) -> Runtime:
     """The runtime for a version whose manifest the store's record vouched for. Each file is
     checked on the bytes the runtime then loads; ONNX Runtime needs only the graphs, so torch is
@@ -115,7 +115,7 @@ def load_runtime(
         from model_store import OnnxGraphs
 
         return OnnxGraphs(stored, threads or default_threads("onnx"), precision, domain_graphs)
-    if domain_graphs != "auto":
+    if domain_graphs != "views":
         raise ArtifactError(
             f"domain_graphs {domain_graphs!r} chooses between compiled graphs; {stored.folder} "
             "is served by torch: use runtime onnx or openvino with exported graphs"
@@ -165,7 +165,7 @@ def setup(
     runtime: str = "auto",
     threads: int | None = None,
     precision: str = "fp32",
-    domain_graphs: str = "auto",
+    domain_graphs: str = "views",
 ) -> Served:
     """Load CURRENT (sha256-verified, graphs included), build the runtime, warm every path."""
     started = time.monotonic()

@@ -96,7 +96,6 @@ def model_totals(model: MultiDomainResNet) -> dict[str, float]:
     single = single_domain_parameters(spec)
     independent = independent_parameters(spec)
     macs = [baseline_cost(spec, "macs", d) for d in range(len(spec.domains))]
-    every_kept = [torch.ones(k, dtype=torch.float64) for k in spec.gated_filters()]
     return {
         "parameters": stored,
         "single_domain_parameters": single,
@@ -104,9 +103,6 @@ def model_totals(model: MultiDomainResNet) -> dict[str, float]:
         "parameters_vs_single_domain": round(stored / single, 6),
         "parameters_vs_independent": round(stored / independent, 6),
         "baseline_macs": sum(macs) / len(macs),
-        # what one image costs through the stored (union) network: the server's choice between a
-        # domain's own view and the union graph reads it (model_store.runtimes.layout)
-        "union_macs": float(domain_cost(spec, "macs", 0, every_kept)),
     }
 
 

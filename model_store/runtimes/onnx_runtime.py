@@ -68,7 +68,7 @@ class OnnxGraphs:
         stored: StoredVersion,
         threads: int | None = None,
         precision: str = "fp32",
-        domain_graphs: str = "auto",
+        domain_graphs: str = "views",
     ):
         manifest = stored.manifest
         keys = graph_keys(stored.folder, manifest, precision)

@@ -62,7 +62,7 @@ class OpenVinoGraphs:
         stored: StoredVersion,
         threads: int | None = None,
         precision: str = "fp32",
-        domain_graphs: str = "auto",
+        domain_graphs: str = "views",
     ):
         manifest, core = stored.manifest, ov.Core()
         keys = graph_keys(stored.folder, manifest)  # the fp32 graphs, any precision
