@@ -24,10 +24,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-import torch
 
 from model_store import (
-    MultiDomainResNet,
     domain_key,
     export_graphs,
     make_session,
@@ -54,7 +52,7 @@ from .peers_bench import (
     tree_cpu,
     tree_memory,
 )
-from .workloads import Shape, bench_spec, masked_network, png_bytes, publish
+from .workloads import Shape, bench_spec, masked_network, png_bytes, publish, unpruned_network
 from .wrk import run_wrk
 
 log = logging.getLogger(__name__)
@@ -78,15 +76,6 @@ class Settings:
     cache: Path = DEFAULT_CACHE
 
 
-@torch.no_grad()
-def unpruned(shape: Shape, seed: int) -> MultiDomainResNet:
-    """One full one-domain network (its domain is d0): one independently fine-tuned model."""
-    one = masked_network(shape, 1, 1.0, seed=seed)
-    for mask in one.gated_masks():
-        mask.fill_(1.0)
-    return one
-
-
 def measure(s: Settings) -> dict[str, Any]:
     pruned = prune_to_union(masked_network(s.shape, s.domains, s.budget, seed=11)).eval()
     names = list(pruned.domain_names)
@@ -97,7 +86,7 @@ def measure(s: Settings) -> dict[str, Any]:
         store, graphs = Path(tmp) / "store", {}
         publish(store, pruned, "all", s.budget, graphs=True)
         for i, name in enumerate(names):
-            graph = export_graphs(unpruned(s.shape, seed=100 + i))[domain_key("d0")]
+            graph = export_graphs(unpruned_network(s.shape, seed=100 + i))[domain_key("d0")]
             graphs[name] = Path(tmp) / f"{name}.onnx"
             graphs[name].write_bytes(graph)
         expected = {n: _graph_top5(p, pre, labels, image) for n, p in graphs.items()}

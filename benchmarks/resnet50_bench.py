@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from model_store import (
     MultiDomainResNet,
@@ -45,6 +44,7 @@ from .workloads import (
     masked_network,
     png_bytes,
     publish,
+    unpruned_network,
 )
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def measure(s: Settings) -> dict[str, Any]:
         store, logs = Path(tmp) / "store", Path(tmp)
         publish(store, pruned, "all", s.budget, graphs=True)
         for i, name in enumerate(names):
-            full = _unpruned_single(s.shape, seed=100 + i)
+            full = unpruned_network(s.shape, seed=100 + i)
             publish(store, full, f"full-{name}", 1.0, graphs=True)
         speed = _graph_speed(pruned, s)
         with ExitStack() as stack:
@@ -111,22 +111,13 @@ def measure(s: Settings) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
-def _unpruned_single(shape: Shape, seed: int) -> MultiDomainResNet:
-    """A full one-domain ResNet-50 with random BN statistics: one independent fine-tuned model."""
-    one = masked_network(shape, 1, 1.0, seed=seed)
-    for mask in one.gated_masks():
-        mask.fill_(1.0)
-    return one
-
-
 def _graph_speed(pruned: MultiDomainResNet, s: Settings) -> list[dict[str, Any]]:
     """Per domain and batch: its own view (only its filters) and the union graph against the
     unpruned network, one ONNX Runtime thread each (as the server runs a batch), interleaved;
     the speed-up divided by the MACs ratio says how much of the pruning the runtime turns into
     time."""
     graphs = export_graphs(pruned)
-    unpruned = export_graphs(_unpruned_single(s.shape, seed=7))[domain_key("d0")]
+    unpruned = export_graphs(unpruned_network(s.shape, seed=7))[domain_key("d0")]
     sessions = {k: make_session(v, 1) for k, v in graphs.items()}
     full = make_session(unpruned, 1)
     baseline = baseline_cost(pruned.spec, "macs", 0)

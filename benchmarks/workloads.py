@@ -96,6 +96,16 @@ def masked_network(shape: Shape, num_domains: int, budget: float, seed: int) -> 
     return model.eval()
 
 
+@torch.no_grad()
+def unpruned_network(shape: Shape, seed: int) -> MultiDomainResNet:
+    """A full one-domain network (its domain is d0) with random BN statistics and every filter
+    on: one independently fine-tuned model, as a user serving one network per domain has."""
+    one = masked_network(shape, 1, 1.0, seed=seed)
+    for mask in one.gated_masks():
+        mask.fill_(1.0)
+    return one
+
+
 def executed_macs(model: MultiDomainResNet, domain: int = 0) -> float:
     """MACs one image costs on this network as it runs: every filter it holds is computed
     (a mask multiplies after the conv), so count all of them, not just the domain's."""

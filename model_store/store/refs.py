@@ -30,7 +30,14 @@ from pathlib import Path
 
 from . import files
 from .errors import ArtifactError
-from .manifest import MANIFEST, VERSION_NAME, Manifest, check_bytes, sha256_bytes
+from .manifest import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    VERSION_NAME,
+    Manifest,
+    check_bytes,
+    sha256_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,11 @@ def read_refs(root: Path) -> Refs:
     return refs
 
 
+def read_or_new_refs(root: Path) -> Refs:
+    """The record, or an empty one for a model that has none yet (its first publish or seed)."""
+    return read_refs(root) if (root / REFS).exists() else Refs()
+
+
 def write_refs(root: Path, refs: Refs) -> None:
     files.replace_file(root / REFS, refs.to_bytes())
 
@@ -114,7 +126,7 @@ def read_manifest_bytes(root: Path, version: str, refs: Refs) -> tuple[Manifest,
     against where it lies (its name and version are its folder's)."""
     folder = root / check_name("version", version)
     expected = refs.digest(version, root)
-    raw = files.read_file(folder, MANIFEST, limit=4 << 20)
+    raw = files.read_file(folder, MANIFEST, MAX_MANIFEST_BYTES)
     if sha256_bytes(raw) != expected:
         raise ArtifactError(
             f"{folder / MANIFEST}: SHA-256 differs from the one published for {version} in "
@@ -170,7 +182,7 @@ def _upgrade_layout(root: Path) -> None:
         return
     refs = Refs()
     for folder in sorted(version_folders(root), key=lambda p: int(p.name[1:])):
-        raw = files.read_file(folder, MANIFEST, limit=4 << 20)
+        raw = files.read_file(folder, MANIFEST, MAX_MANIFEST_BYTES)
         manifest = Manifest.from_json(raw, folder / MANIFEST)
         try:
             for key, entry in manifest.files.items():

@@ -12,7 +12,15 @@ from pathlib import Path
 from . import files
 from .errors import ArtifactError
 from .manifest import MANIFEST, Manifest
-from .refs import REFS, check_file, check_name, model_root, read_manifest_bytes, read_refs
+from .refs import (
+    REFS,
+    Refs,
+    check_file,
+    check_name,
+    model_root,
+    read_manifest_bytes,
+    read_refs,
+)
 
 
 @dataclass
@@ -34,41 +42,45 @@ class StoredVersion:
             self.read(key)
 
 
-def verify_version(folder: Path, manifest: Manifest) -> None:
-    """Every file `manifest` lists in `folder`, read confined and checked."""
-    StoredVersion(folder, manifest).verify()
+def _holds(root: Path) -> bool:
+    """Whether a model folder has a record (or one of the older layout, which says to upgrade)."""
+    return (root / REFS).exists() or (root / "CURRENT").exists()
 
 
 def list_versions(store: Path, name: str) -> list[str]:
     """Published versions of a model, oldest first ([] for a model the store does not hold)."""
     root = model_root(store, name)
-    if not (root / REFS).exists() and not (root / "CURRENT").exists():
-        return []
-    return list(read_refs(root).versions)
+    return list(read_refs(root).versions) if _holds(root) else []
 
 
 def list_models(store: Path) -> list[str]:
     """The models a store holds (folders with a record, or of the older layout)."""
     if not files.is_real_dir(Path(store)):
         return []
-    return sorted(
-        p.name
-        for p in Path(store).iterdir()
-        if files.is_real_dir(p) and ((p / REFS).exists() or (p / "CURRENT").exists())
-    )
+    return sorted(p.name for p in Path(store).iterdir() if files.is_real_dir(p) and _holds(p))
+
+
+def _resolve(store: Path, name: str, version: str | None) -> tuple[Path, Refs, str]:
+    """The model's folder, its record (read once) and the published version meant (CURRENT
+    when none is given); an error that says how to fix a model without one."""
+    root = model_root(store, name)
+    if not _holds(root):
+        raise ArtifactError(
+            f"{root}: no versions; publish a version first (python -m training train ...)"
+        )
+    refs = read_refs(root)
+    if version is None:
+        if refs.current is None:
+            raise ArtifactError(f"{root / REFS}: names no CURRENT version")
+        version = refs.current
+    if check_name("version", version) not in refs.versions:
+        raise ArtifactError(f"{root / version}: no such version; known: {list(refs.versions)}")
+    return root, refs, version
 
 
 def current_version(store: Path, name: str) -> str:
     """The version CURRENT names; an error that says how to fix a model with none."""
-    root = model_root(store, name)
-    if not (root / REFS).exists() and not (root / "CURRENT").exists():
-        raise ArtifactError(
-            f"{root}: no versions; publish a version first (python -m training train ...)"
-        )
-    current = read_refs(root).current
-    if current is None:
-        raise ArtifactError(f"{root / REFS}: names no CURRENT version")
-    return current
+    return _resolve(store, name, None)[2]
 
 
 def previous_version(store: Path, name: str) -> str:
@@ -82,20 +94,16 @@ def previous_version(store: Path, name: str) -> str:
 
 def version_path(store: Path, name: str, version: str | None = None) -> Path:
     """Folder of a published version (CURRENT when none is given)."""
-    root = model_root(store, name)
-    version = current_version(store, name) if version is None else check_name("version", version)
-    if version not in read_refs(root).versions:
-        raise ArtifactError(
-            f"{root / version}: no such version; known: {list_versions(store, name)}"
-        )
+    root, _, version = _resolve(store, name, version)
     return root / version
 
 
 def open_version(store: Path, name: str, version: str | None = None) -> StoredVersion:
-    """A published version (CURRENT by default) with its manifest checked against the record."""
-    folder = version_path(store, name, version)
-    manifest, _ = read_manifest_bytes(folder.parent, folder.name, read_refs(folder.parent))
-    return StoredVersion(folder, manifest)
+    """A published version (CURRENT by default) with its manifest checked against the record
+    (read once, so the version named and the digest checked come from the same record)."""
+    root, refs, version = _resolve(store, name, version)
+    manifest, _ = read_manifest_bytes(root, version, refs)
+    return StoredVersion(root / version, manifest)
 
 
 def open_folder(folder: Path) -> StoredVersion:

@@ -33,6 +33,7 @@ from .refs import (
     locked,
     model_root,
     read_manifest_bytes,
+    read_or_new_refs,
     read_refs,
     version_folders,
     write_refs,
@@ -139,7 +140,7 @@ def publish_version(
     if manifest.spec != model.spec:
         raise ValueError("manifest.spec must be the model's spec")
     with locked(store, manifest.name) as root:
-        refs = read_refs(root) if (root / REFS).exists() else Refs()
+        refs = read_or_new_refs(root)
         move = make_current and expect_current in (SAME_AS_NOW, refs.current)
         return _commit(root, refs, manifest, contents, move, expect_current)
 
@@ -232,7 +233,7 @@ def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list
     offered = read_refs(source_root)
     added, clashes = [], []
     with locked(store, name) as root:
-        refs = read_refs(root) if (root / REFS).exists() else Refs()
+        refs = read_or_new_refs(root)
         for version, digest in offered.versions.items():
             if version in refs.versions:
                 if refs.versions[version] != digest:
