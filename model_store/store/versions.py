@@ -17,7 +17,7 @@ filesystems (NFS, SMB), whose rename and lock semantics differ.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -201,14 +201,7 @@ def _commit(
     taken = {int(v[1:]) for v in refs.versions} | {int(p.name[1:]) for p in version_folders(root)}
     manifest.version = f"v{max(taken, default=0) + 1}"
     manifest.files = {k: file_entry(v) for k, v in sorted(contents.items())}
-    raw = manifest.to_bytes()
-    with _staging(root, ".publish-") as tmp:
-        for key, data in contents.items():
-            files.write_file(tmp / files.check_key(key), data)
-        files.write_file(tmp / MANIFEST, raw)
-        refs.versions[manifest.version] = file_entry(raw)["sha256"]
-        write_refs(root, refs)
-        files.rename(tmp, root / manifest.version)
+    _place(root, refs, manifest.version, contents.items(), manifest.to_bytes(), ".publish-")
     if move:
         refs.previous, refs.current = refs.current, manifest.version
         write_refs(root, refs)
@@ -241,18 +234,33 @@ def seed_versions(source: Path, store: Path, name: str) -> tuple[list[str], list
                 continue
             manifest, raw = read_manifest_bytes(source_root, version, offered)
             stored = StoredVersion(source_root / version, manifest)
-            with _staging(root, ".seed-") as tmp:
-                for key in manifest.files:
-                    files.write_file(tmp / key, stored.read(key))
-                files.write_file(tmp / MANIFEST, raw)
-                refs.versions[version] = digest
-                write_refs(root, refs)
-                files.rename(tmp, root / version)
+            contents = ((key, stored.read(key)) for key in manifest.files)  # one file at a time
+            _place(root, refs, version, contents, raw, ".seed-")
             added.append(version)
         if refs.current is None and offered.current is not None:
             refs.current = offered.current
             write_refs(root, refs)
     return added, clashes
+
+
+def _place(
+    root: Path,
+    refs: Refs,
+    version: str,
+    contents: Iterable[tuple[str, bytes]],
+    manifest: bytes,
+    prefix: str,
+) -> None:
+    """Make a version appear: its files and manifest written in a hidden folder, the version
+    listed in the record (with its manifest's digest), then the folder renamed into place. A
+    crash before the rename leaves an entry without a folder, which the next lock holder drops."""
+    with _staging(root, prefix) as tmp:
+        for key, data in contents:
+            files.write_file(tmp / files.check_key(key), data)
+        files.write_file(tmp / MANIFEST, manifest)
+        refs.versions[version] = file_entry(manifest)["sha256"]
+        write_refs(root, refs)
+        files.rename(tmp, root / version)
 
 
 @contextmanager
