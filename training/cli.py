@@ -35,7 +35,7 @@ from .data import AUGMENTS, NORMALIZATIONS
 from .domains import AddDomainSettings, add_domain, remove_domain
 from .evaluate import accuracy, model_totals, results_table
 from .publish import publish_result
-from .report import Report, plot, render_markdown
+from .report import SKIPPABLE, Report, plot, render_markdown
 from .sources import SourceError
 from .stored_data import stored_domains
 from .trainer import train
@@ -178,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--resume", action="store_true", help="continue the report in --work-dir where it stopped"
+    )
+    r.add_argument(
+        "--skip",
+        nargs="+",
+        choices=SKIPPABLE,
+        default=[],
+        help="leave out these ablations: (2) frozen backbone and (3) budget loss without "
+        "sharing; (1) independent models and BAP always run",
     )
     r.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
 
@@ -354,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if unknown := sorted(set(scale) - set(args.budgets)):
             raise SystemExit(f"--epochs-scale names budgets {unknown} not in --budgets")
     report = Report(config, work_dir, progress=not args.quiet, resume=args.resume)
-    rows = report.run(args.budgets, scale)
+    rows = report.run(args.budgets, scale, frozenset(args.skip))
     args.out.mkdir(parents=True, exist_ok=True)
     single = single_domain_parameters(report.pretrained.spec)
     (args.out / "results.md").write_text(render_markdown(rows, config, single, started))

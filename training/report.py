@@ -117,6 +117,7 @@ def on_backbone(config: TrainConfig, backbone: Path, **changes: Any) -> TrainCon
     return pinned.override(backbone=str(backbone), **changes)
 
 
+SKIPPABLE = ("frozen", "no-sharing")  # the ablations (2) and (3), which a costly report may drop
 WALL_SECONDS = "wall_seconds"  # beside each run: its training time over every report session
 
 
@@ -192,19 +193,24 @@ class Report:
         return _row(method, budget, pruned, self.data, run, seconds)
 
     def run(
-        self, budgets: list[float], epochs_scale: dict[float, float] | None = None
+        self,
+        budgets: list[float],
+        epochs_scale: dict[float, float] | None = None,
+        skip: frozenset[str] = frozenset(),
     ) -> list[Row]:
-        """Every method; `epochs_scale` lengthens stage 2 at the budgets it names (a tight budget
+        """Every method but the ablations named in `skip` (`SKIPPABLE`: the reference (1) and
+        BAP always run); `epochs_scale` lengthens stage 2 at the budgets it names (a tight budget
         needs more steps to get there: docs/results.md measures β = 0.25 at 1.5 and 3 epochs),
         for BAP and baseline (3) alike, and the row's label says so."""
         scale = epochs_scale or {}
         backbone = self.pretrain()
-        rows = [
-            self.independent(self.pretrain_seconds),
-            self.switched(
-                "(2) frozen backbone, BN + heads", 1.0, backbone, sharing="none", score_lr=0.0
-            ),
-        ]
+        rows = [self.independent(self.pretrain_seconds)]
+        if "frozen" not in skip:
+            rows.append(
+                self.switched(
+                    "(2) frozen backbone, BN + heads", 1.0, backbone, sharing="none", score_lr=0.0
+                )
+            )
 
         def at(method: str, budget: float, **changes) -> Row:
             if budget not in scale:
@@ -215,7 +221,8 @@ class Report:
 
         # BAP trains before baseline (3): a report cut short has the method's own rows first.
         bap = [at("(4) BAP", b) for b in budgets]
-        rows += [at("(3) budget loss, no sharing", b, sharing="none") for b in budgets if b < 1]
+        if "no-sharing" not in skip:
+            rows += [at("(3) budget loss, no sharing", b, sharing="none") for b in budgets if b < 1]
         return rows + bap
 
 
@@ -329,7 +336,10 @@ def plot(rows: list[Row], path: Path) -> None:
         label="BAP mean",
     )
     ax.axhline(100 * rows[0].mean_accuracy, ls="--", color="tab:red", label="(1) independent, mean")
-    ax.axhline(100 * rows[1].mean_accuracy, ls=":", color="tab:gray", label="(2) BN + heads, mean")
+    for frozen in (r for r in rows if r.method.startswith("(2)")):
+        ax.axhline(
+            100 * frozen.mean_accuracy, ls=":", color="tab:gray", label="(2) BN + heads, mean"
+        )
     ax.set_xlabel("budget β (fraction of single-domain MACs)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("BAP: accuracy against budget")

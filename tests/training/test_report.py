@@ -85,6 +85,18 @@ def test_report_from_a_given_stage1_network_starts_every_method_from_it_unchange
     missing = report(cfg, tmp_path, "--backbone", str(tmp_path / "nope.safetensors"))
     assert missing.returncode != 0 and "no such file" in missing.stderr
 
+    # the ablations can be left out of a costly report; (1) and BAP still run
+    short = tmp_path / "short"
+    args = ["--backbone", str(backbone), "--skip", "frozen", "no-sharing"]
+    run = report(cfg, short, *args)
+    assert run.returncode == 0, run.stderr
+    methods = [
+        line.split("|")[1].strip()
+        for line in (short / "docs" / "results.md").read_text().splitlines()
+        if line.startswith("| (")
+    ]
+    assert {m[:3] for m in methods} == {"(1)", "(4)"}
+
 
 def test_methods_from_a_pretrained_config_start_from_the_stage1_network(tmp_path: Path) -> None:
     """A pretrained config's methods run from the report's stage-1 network (`backbone`, not
