@@ -11,8 +11,9 @@ accepted them.
 Which items form a batch (`policy`):
 - per-domain: only one domain's items, run through that domain's own filters. A batch closes when
   any domain has `max_batch_size` items queued, or when the oldest item has waited `max_delay`.
-- mixed: the oldest items of any domains, run in one pass over the shared filters. A batch closes
-  when `max_batch_size` items are queued in total, or at the oldest item's deadline.
+- mixed: the oldest items of any domains, in one batch (the runtime runs it view by view, or in
+  one pass of the union graph: model_store/runtimes/graph_set.py). A batch closes when
+  `max_batch_size` items are queued in total, or at the oldest item's deadline.
 - auto: closes like mixed. A domain with `auto_domain_batch` items waiting (default: a full
   batch) then runs on its own, oldest such domain first: its own filters are the cheapest path
   per image once its batch is large enough. Otherwise the batch is mixed if more than one domain

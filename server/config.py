@@ -75,9 +75,10 @@ class Settings(BaseSettings):
     )
     domain_graphs: Literal["views", "union"] = Field(
         "views",
-        description="compiled runtimes: views runs a one-domain batch through that domain's own "
-        "graph (only its filters, BN folded: the fastest), union through the union graph "
-        "(every domain's weights held once: the least memory; mixed batches use it either way)",
+        description="compiled runtimes: views runs each domain's images through its own graph "
+        "(only its filters, BN folded: the fastest; a mixed batch runs view by view), union "
+        "every batch through the union graph (every domain's weights held once: the least "
+        "memory)",
     )
     precision: Precision = Field(
         "fp32",

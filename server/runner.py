@@ -1,8 +1,9 @@
 """The serving hooks as plain functions: setup, decode, predict (batch + unbatch), encode.
 
-No HTTP here. `setup` turns a verified version into a `Served`: the pruned union network (for
-batches that mix domains) and, per domain, a view that computes only that domain's own filters
-(the cheapest path for a one-domain batch). Every path is run once before the version is served.
+No HTTP here. `setup` turns a verified version into a `Served`: per domain, a view that computes
+only that domain's own filters (the cheapest path; a batch that mixes domains runs view by view),
+or with `domain_graphs` union the pruned union network for every batch. Every path is run once
+before the version is served.
 
 Runtime (`runtime` setting): "onnx" runs the version's compiled graphs in ONNX Runtime (proven
 equal to the masked network within 1e-4 by tests/model_store/test_graphs.py; 4-8x faster than

@@ -61,12 +61,13 @@ DOMAIN_GRAPHS = ("views", "union")
 
 def view_domains(manifest: Manifest, policy: str = "views") -> list[str]:
     """The domains served through their own view graph; the others run through the union graph.
-    `views` (the default): every domain. A view holds only the domain's filters, with BN folded
-    into its convs, where the union graph computes every kept filter and applies each image's
-    BN and mask: ResNet-50 224 px, batch 16, the views ran 2.2-2.4x faster than the unpruned
-    network and the union graph 1.34-1.45x, for nearly the same MACs (docs/benchmarks.md,
-    resnet50). But each view holds its own sliced copy of the weights (35.5 MB each there beside
-    the 40.1 MB union): `union` keeps one copy for every domain, for memory-bound boxes."""
+    `views` (the default): every domain, and no union graph is loaded (mixed batches run view by
+    view, graph_set.py). A view holds only the domain's filters, with BN folded into its convs,
+    where the union graph computes every kept filter and applies each image's BN and mask:
+    ResNet-50 224 px, batch 16, the views ran 2.2-2.4x faster than the unpruned network and the
+    union graph 1.34-1.45x, for nearly the same MACs (docs/benchmarks.md, resnet50). But each
+    view holds its own sliced copy of the weights (35.5 MB each there against the 40.1 MB union):
+    `union` keeps one copy for every domain, for memory-bound boxes."""
     if policy not in DOMAIN_GRAPHS:
         raise ValueError(f"domain_graphs {policy!r}; known: {', '.join(DOMAIN_GRAPHS)}")
     return list(manifest.spec.domain_names) if policy == "views" else []
@@ -74,9 +75,12 @@ def view_domains(manifest: Manifest, policy: str = "views") -> list[str]:
 
 def load_graphs(
     manifest: Manifest, keys: dict[str, str], views: list[str], load: Callable[[str, int], Loaded]
-) -> tuple[Loaded, dict[str, Loaded]]:
-    """The union graph and the graph of each domain in `views`, each made by `load(key,
-    classes)` (a runtime's session or compiled model, told how many logits it must output)."""
+) -> tuple[Loaded | None, dict[str, Loaded]]:
+    """The graph of each domain in `views`, and the union graph unless every domain has a view
+    (mixed batches then run view by view: graph_set.py), each made by `load(key, classes)` (a
+    runtime's session or compiled model, told how many logits it must output)."""
     labels = {d.name: len(d.labels) for d in manifest.spec.domains}
-    mixed = load(keys[MIXED], sum(labels.values()))
-    return mixed, {n: load(k, labels[n]) for n, k in keys.items() if n in views and n != MIXED}
+    own = {n: load(k, labels[n]) for n, k in keys.items() if n in views and n != MIXED}
+    if set(own) == set(labels):
+        return None, own
+    return load(keys[MIXED], sum(labels.values())), own

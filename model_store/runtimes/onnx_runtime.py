@@ -19,19 +19,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..store.manifest import ArtifactError, Manifest
+from ..store.manifest import ArtifactError
 from ..store.stored import StoredVersion
+from .graph_set import GraphSet
 from .layout import graph_keys, load_graphs, view_domains
 
 # No usage telemetry from a model server (ONNX Runtime 1.29+ sends it from Linux builds too;
 # the Docker image also sets ORT_DISABLE_TELEMETRY=1, which acts before the runtime starts).
 ort.disable_telemetry_events()
-
-
-def column_slices(manifest: Manifest) -> list[slice]:
-    """Domain d's logits in the mixed graph's output: the columns of slice d."""
-    edges = np.cumsum([0, *(len(d.labels) for d in manifest.spec.domains)]).tolist()
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def check_classes(path: Path, width: object, classes: int) -> None:
@@ -58,8 +53,8 @@ def make_session(model: str | bytes, threads: int | None = None) -> ort.Inferenc
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-class OnnxGraphs:
-    """One session per domain's own view and one for the mixed union network."""
+class OnnxGraphs(GraphSet[ort.InferenceSession]):
+    """One session per domain's own view, and one for the union network where needed."""
 
     name = "onnx"
 
@@ -82,20 +77,12 @@ class OnnxGraphs:
             check_classes(stored.folder / key, made.get_outputs()[0].shape[-1], classes)
             return made
 
-        self.mixed, self.domains = load_graphs(manifest, keys, views, session)
-        self.columns = column_slices(manifest)
-        self.index = {name: i for i, name in enumerate(manifest.spec.domain_names)}
+        super().__init__(manifest, *load_graphs(manifest, keys, views, session))
 
-    def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:
-        """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32: through its own
-        view, or the union graph where it has none (view_domains)."""
-        if domain in self.domains:
-            return self.domains[domain].run(None, {"x": x})[0]
-        index = np.full(len(x), self.index[domain], dtype=np.int64)
-        every_head = self.mixed.run(None, {"x": x, "domains": index})[0]
-        return every_head[:, self.columns[self.index[domain]]]
+    def _run_view(self, view: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+        return view.run(None, {"x": x})[0]
 
-    def run_mixed(self, indices: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
-        """Image i through domain number `indices[i]` (int64): one logits vector per image."""
-        every_head = self.mixed.run(None, {"x": x, "domains": indices})[0]
-        return [every_head[row, self.columns[d]] for row, d in enumerate(indices)]
+    def _run_union(
+        self, union: ort.InferenceSession, indices: np.ndarray, x: np.ndarray
+    ) -> np.ndarray:
+        return union.run(None, {"x": x, "domains": indices})[0]

@@ -23,8 +23,9 @@ import openvino as ov
 
 from ..store.manifest import ArtifactError
 from ..store.stored import StoredVersion
+from .graph_set import GraphSet
 from .layout import graph_keys, load_graphs, view_domains
-from .onnx_runtime import check_classes, column_slices
+from .onnx_runtime import check_classes
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
 
@@ -52,8 +53,8 @@ def compile_graph(
     return compiled
 
 
-class OpenVinoGraphs:
-    """One compiled model per domain's own view and one for the mixed union network."""
+class OpenVinoGraphs(GraphSet[ov.InferRequest]):
+    """One compiled model per domain's own view, and one for the union network where needed."""
 
     name = "openvino"
 
@@ -76,19 +77,11 @@ class OpenVinoGraphs:
 
         self.precision = precision
         self.parallel_batches = 1  # one infer request per graph: two batches would share it
-        self.mixed, self.domains = load_graphs(manifest, keys, views, request)
-        self.columns = column_slices(manifest)
-        self.index = {name: i for i, name in enumerate(manifest.spec.domain_names)}
+        super().__init__(manifest, *load_graphs(manifest, keys, views, request))
 
-    def run_domain(self, domain: str, x: np.ndarray) -> np.ndarray:
-        """Logits (N, classes) of one domain's images, x (N, 3, H, W) float32, through its view
-        or the union graph (view_domains); a copy: a request's output buffer is reused."""
-        if domain in self.domains:
-            return self.domains[domain].infer({"x": x})[0]
-        index = np.full(len(x), self.index[domain], dtype=np.int64)
-        return self.mixed.infer({"x": x, "domains": index})[0][:, self.columns[self.index[domain]]]
+    # infer() returns copies: a request's output buffer is reused by its next call
+    def _run_view(self, view: ov.InferRequest, x: np.ndarray) -> np.ndarray:
+        return view.infer({"x": x})[0]
 
-    def run_mixed(self, indices: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
-        """Image i through domain number `indices[i]` (int64): one logits vector per image."""
-        every_head = self.mixed.infer({"x": x, "domains": indices})[0]
-        return [every_head[row, self.columns[d]] for row, d in enumerate(indices)]
+    def _run_union(self, union: ov.InferRequest, indices: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return union.infer({"x": x, "domains": indices})[0]

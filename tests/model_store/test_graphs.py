@@ -28,18 +28,20 @@ TOLERANCE = 1e-4
 BF16_TOLERANCE = 0.05  # of the largest logit: bf16 keeps 8 significant bits (0.4% per rounding,
 # over 26 layers; the worst case here was 2.1% of it)
 RUNTIMES = {
-    "onnx fp32": lambda stored: OnnxGraphs(stored, threads=1),
-    "openvino fp32": lambda stored: OpenVinoGraphs(stored, threads=1),
-    "openvino bf16": lambda stored: OpenVinoGraphs(stored, 1, "bf16"),
+    "onnx fp32": lambda stored, graphs: OnnxGraphs(stored, 1, domain_graphs=graphs),
+    "openvino fp32": lambda stored, graphs: OpenVinoGraphs(stored, 1, domain_graphs=graphs),
+    "openvino bf16": lambda stored, graphs: OpenVinoGraphs(stored, 1, "bf16", graphs),
 }
 
 
-@pytest.fixture(params=list(RUNTIMES))
+@pytest.fixture(params=[(r, g) for r in RUNTIMES for g in ("views", "union")])
 def runtime(request: pytest.FixtureRequest, version):
-    """Each compiled runtime on the version's graphs, with the tolerance it is held to."""
+    """Each compiled runtime on the version's graphs, with the tolerance it is held to; with
+    views (mixed batches run view by view) and with the union graph alone."""
     _, folder, _ = version
+    name, domain_graphs = request.param
     try:
-        graphs = RUNTIMES[request.param](open_version(folder.parent.parent, "tiny"))
+        graphs = RUNTIMES[name](open_version(folder.parent.parent, "tiny"), domain_graphs)
     except ArtifactError as exc:  # a CPU without native bf16: the runtime refuses, by design
         pytest.skip(str(exc))
     return graphs, TOLERANCE if graphs.precision == "fp32" else BF16_TOLERANCE
@@ -92,14 +94,15 @@ def test_onnx_batches_run_at_once_each_get_their_own_outputs(version) -> None:
     runtimes run one at a time): each thread's batch gives the masked network's outputs for its
     own images, on the domain and the mixed graphs alike."""
     masked, folder, manifest = version
-    graphs = OnnxGraphs(open_version(folder.parent.parent, "tiny"), threads=1)
+    stored = open_version(folder.parent.parent, "tiny")
+    views, union = (OnnxGraphs(stored, 1, domain_graphs=g) for g in ("views", "union"))
     names = manifest.spec.domain_names
     jobs = [(i % len(names), torch.randn(2 + i % 5, 3, 16, 16)) for i in range(24)]
 
     def run(job: tuple[int, torch.Tensor]) -> tuple[np.ndarray, list[np.ndarray]]:
         d, x = job
         order = np.full(len(x), d, dtype=np.int64)
-        return graphs.run_domain(names[d], x.numpy()), graphs.run_mixed(order, x.numpy())
+        return views.run_domain(names[d], x.numpy()), union.run_mixed(order, x.numpy())
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(run, jobs))
@@ -124,7 +127,12 @@ def test_mixed_graph_equals_the_masked_network_per_image(
         _close(got[row], expected, tolerance)
 
 
-def test_graphs_are_verified_like_the_weights(version, tmp_path: Path) -> None:
+@pytest.mark.parametrize("key, graphs", [(MIXED_KEY, "union"), (domain_key("dom1"), "views")])
+def test_graphs_are_verified_like_the_weights(
+    version, tmp_path: Path, key: str, graphs: str
+) -> None:
+    """Every graph a runtime loads is checked on the bytes it loads (the union graph only where
+    it is loaded; `verify` checks every listed file)."""
     import shutil
 
     _, folder, manifest = version
@@ -132,12 +140,14 @@ def test_graphs_are_verified_like_the_weights(version, tmp_path: Path) -> None:
     copy = tmp_path / "tiny" / "v1"
     shutil.copytree(folder.parent, copy.parent)
     open_version(tmp_path, "tiny").verify()  # every listed file, graphs included
-    graph = copy / MIXED_KEY
+    graph = copy / key
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 0xFF
     graph.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="SHA-256"):
-        OnnxGraphs(open_version(tmp_path, "tiny"))
+        OnnxGraphs(open_version(tmp_path, "tiny"), domain_graphs=graphs)
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        open_version(tmp_path, "tiny").verify()
 
 
 def test_a_version_without_graphs_says_how_to_export_them(tmp_path: Path) -> None:
@@ -214,6 +224,7 @@ def test_a_domain_without_its_own_view_runs_through_the_union_graph(version, pol
     expected = {"union": [], "views": ["dom0", "dom1", "dom2"]}[policy]
     graphs = OnnxGraphs(stored, threads=1, domain_graphs=policy)
     assert sorted(graphs.domains) == expected
+    assert (graphs.mixed is None) == (policy == "views")  # views: no union graph loaded
     x = torch.randn(3, 3, 16, 16)
     for d, name in enumerate(manifest.spec.domain_names):
         with torch.no_grad():

@@ -190,10 +190,12 @@ def test_a_manifest_that_lies_about_its_version_or_labels_is_refused(store: Path
         open_version(store, "tiny")
     republish_manifest(store, "tiny", "v3", lambda m: m.update(version="v3"))
     republish_manifest(store, "tiny", "v3", lambda m: m["spec"]["domains"][2]["labels"].pop())
+    with pytest.raises(ArtifactError, match="dom2.onnx: outputs 5 logits, the manifest has 4"):
+        OnnxGraphs(open_version(store, "tiny"))
     with pytest.raises(
         ArtifactError, match="mixed.onnx: outputs 12 logits, the manifest has 11 labels"
     ):
-        OnnxGraphs(open_version(store, "tiny"))
+        OnnxGraphs(open_version(store, "tiny"), domain_graphs="union")
 
 
 def test_the_graph_loaded_is_the_one_verified(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
