@@ -50,7 +50,18 @@ def make_session(model: str | bytes, threads: int | None = None) -> ort.Inferenc
         options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    release_model_bytes(session)
+    return session
+
+
+def release_model_bytes(session: ort.InferenceSession) -> None:
+    """Drop the copy of the graph's bytes that ONNX Runtime's Python wrapper keeps for good (its
+    own TODO: "bad as we're holding the memory indefinitely"), kept only to rebuild the session
+    on a provider fallback that a CPU-only session never takes. The session runs from its own
+    weights. ResNet-50 224 px, four β 0.5 views: 388 -> 253 MiB RSS; one unpruned: 285 -> 195."""
+    if getattr(session, "_model_bytes", None) is not None:
+        session._model_bytes = None
 
 
 class OnnxGraphs(GraphSet[ort.InferenceSession]):

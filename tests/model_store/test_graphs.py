@@ -229,3 +229,17 @@ def test_a_domain_without_its_own_view_runs_through_the_union_graph(version, pol
     for d, name in enumerate(manifest.spec.domain_names):
         with torch.no_grad():
             _close(graphs.run_domain(name, x.numpy()), masked(x, d).numpy(), TOLERANCE)
+
+
+def test_a_session_keeps_no_copy_of_the_graph_bytes_it_was_made_from(version) -> None:
+    """ONNX Runtime's wrapper would hold every graph's bytes for good beside the session's own
+    weights (twice the weights in memory); make_session drops them and the session still runs."""
+    from model_store import make_session
+
+    masked, folder, manifest = version
+    data = (folder / domain_key("dom0")).read_bytes()
+    session = make_session(data, 1)
+    assert all(held is not data for held in vars(session).values())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        _close(session.run(None, {"x": x.numpy()})[0], masked(x, 0).numpy(), TOLERANCE)
