@@ -7,6 +7,7 @@ at the batch size it formed.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,31 @@ class InProcess:
             "images_per_s": n / with_decode.median,
             "model_images_per_s": n / model.median,
             "cpu_ms_per_image": _cpu_seconds_per_call(full) / n * 1e3,
+        }
+
+    def concurrent_throughput(
+        self, domains: list[str], image: bytes, seconds: float, workers: int
+    ) -> dict[str, float]:
+        """Images per second with `workers` threads each decoding and running one-domain batches
+        of these domains back to back, as the server runs one batch per worker at once."""
+        n, counts = len(domains), [0] * workers
+        deadline = time.monotonic() + seconds
+
+        def loop(worker: int) -> None:
+            while time.monotonic() < deadline:
+                self.forward(domains, [self.decode(d, image) for d in domains], False)
+                counts[worker] += n
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=loop, args=(w,)) for w in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return {
+            "batch": n,
+            "workers": workers,
+            "images_per_s": sum(counts) / (time.monotonic() - started),
         }
 
 

@@ -262,7 +262,9 @@ def resnet50_section(result: dict[str, Any]) -> str:
             f"{s.get('rounds')} (the median round is in the table). "
             f"One server / the single-domain servers: RSS {f['rss_ratio']:.2f}, PSS "
             f"{f['pss_ratio']:.2f}, req/s {f['throughput_ratio']:.2f}. In-process ceiling "
-            f"(decode + forward, batch 16, every core): {f['ceiling']['images_per_s']:.1f} img/s; "
+            "(decode + forward of one-domain batches of 16 on 1-thread sessions, one per core at "
+            "once, as the server runs them; a round after each pair of load rounds, median): "
+            f"{f['ceiling']['images_per_s']:.1f} img/s; "
             f"the server reaches {f['server_over_ceiling']:.2f} of it.",
         ]
     )
