@@ -245,7 +245,7 @@ def render_markdown(
         + " | ".join(names)
         + " | mean | S | "
         + ("S (Decathlon baseline) | " if published else "")
-        + "max domain cost | stored model cost (union) | stored params vs one ResNet-26 |"
+        + f"max domain cost | stored model cost (union) | stored params vs one {config.arch} |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -279,7 +279,8 @@ def render_markdown(
             f"Produced by `python -m training report` at commit `{prov['commit']}` on "
             f"{prov['machine']} (torch {prov['torch']}), {prov['created_at']}, in "
             f"{(time.time() - started) / 60:.1f} minutes.",
-            f"Domains: {', '.join(names)}; width {config.width}, input {config.crop}px, budget "
+            f"Domains: {', '.join(names)}; `{config.arch}`, width {config.width}, input "
+            f"{config.crop}px, budget "
             f"unit `{config.budget_unit}`, {_stage1(config)}, "
             f"{config.epochs} stage-2 epochs (the independent models fine-tune for as long), "
             f"{config.recovery_epochs} recovery epochs, distillation weight "
