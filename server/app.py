@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
             auto_domain_batch=settings.auto_domain_batch,
             observer=metrics,
             workers=workers,
+            requests_in_flight=lambda: metrics.requests_in_flight,
         )
         try:
             batcher.start()

@@ -109,6 +109,7 @@ class Metrics:
             "bap_requests", "Classify requests by outcome", ["domain", "code"], registry=r
         )
         self.inflight = Gauge("bap_inflight_requests", "Classify requests in progress", registry=r)
+        self.requests_in_flight = 0  # the same count as a plain int, for the batcher to read
         self.queue_wait = Histogram(
             "bap_queue_wait_seconds",
             "Time an image waited for its batch",

@@ -249,6 +249,25 @@ async def test_a_lone_item_of_a_quick_lane_runs_on_the_callers_thread(
     assert run.shapes() == [("domain", ["a"]), ("domain", ["a"])]
 
 
+async def test_nothing_runs_alone_while_other_requests_are_in_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests being decoded or answered on the event loop are not in the batcher's queues;
+    a batch run on the loop would take it from them, so an item runs alone only as the
+    server's one request."""
+    monkeypatch.setattr("server.batching.ALONE_MAX_S", 60.0)
+    in_flight = [1]
+    async with batcher(
+        ThreadRecorder(), max_delay_s=0.0, requests_in_flight=lambda: in_flight[0]
+    ) as b:
+        assert await b.submit("v1", "a", 0) == ("a", 0)  # measured: quick
+        assert b.can_run_alone("v1")
+        in_flight[0] = 2
+        assert not b.can_run_alone("v1")
+        in_flight[0] = 1
+        assert b.can_run_alone("v1")
+
+
 async def test_nothing_runs_alone_beside_queued_or_running_items_or_for_a_slow_lane(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
