@@ -108,8 +108,12 @@ class Metrics:
         self.requests = Counter(
             "bap_requests", "Classify requests by outcome", ["domain", "code"], registry=r
         )
-        self.inflight = Gauge("bap_inflight_requests", "Classify requests in progress", registry=r)
-        self.requests_in_flight = 0  # the same count as a plain int, for the batcher to read
+        # classify requests in progress: a plain int the middleware counts and the batcher
+        # reads (Batcher.can_run_alone); the gauge reports it at each scrape
+        self.requests_in_flight = 0
+        Gauge("bap_inflight_requests", "Classify requests in progress", registry=r).set_function(
+            lambda: self.requests_in_flight
+        )
         self.queue_wait = Histogram(
             "bap_queue_wait_seconds",
             "Time an image waited for its batch",

@@ -83,11 +83,9 @@ class RequestMetrics:
                 code = message["status"]
             await send(message)
 
-        self.metrics.inflight.inc()
         self.metrics.requests_in_flight += 1
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.inflight.dec()
             self.metrics.requests_in_flight -= 1
             self.metrics.observe_request(domain, code, time.perf_counter() - started)
