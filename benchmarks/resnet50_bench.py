@@ -102,11 +102,7 @@ def measure(s: Settings) -> dict[str, Any]:
             single_memory = [process_memory(server.pid) for server, _ in singles]
         served = _median_round([r[0] for r in rounds])
         single_load = _median_round([r[1] for r in rounds])
-        ceilings = sorted((r[2] for r in rounds), key=lambda c: c["images_per_s"])
-        ceiling_median = {
-            **ceilings[len(ceilings) // 2],
-            "rounds": [round(r[2]["images_per_s"], 2) for r in rounds],
-        }
+        ceiling_median = _median([r[2] for r in rounds], "images_per_s")
         views = view_domains(open_version(store, "all").manifest)
     singles_total = {k: sum(m[k] for m in single_memory) for k in ours_memory}
     return {
@@ -207,18 +203,19 @@ def _load(servers: list[tuple[Server, list[str]]], s: Settings, image: bytes) ->
     }
 
 
+def _median(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round of median `key`, with every round's `key`."""
+    ordered = sorted(rounds, key=lambda r: r[key])
+    return {**ordered[len(ordered) // 2], "rounds": [round(r[key], 2) for r in rounds]}
+
+
 def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round of median throughput, with every round's throughput and all errors."""
-    ordered = sorted(rounds, key=lambda r: r["throughput"])
+    """The load round of median throughput, with every round's throughput and all errors."""
     errors: dict[str, int] = {}
     for r in rounds:
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
-    return {
-        **ordered[len(ordered) // 2],
-        "errors": errors,
-        "rounds": [round(r["throughput"], 2) for r in rounds],
-    }
+    return {**_median(rounds, "throughput"), "errors": errors}
 
 
 def _mib(values: dict[str, int]) -> dict[str, float]:
