@@ -15,11 +15,13 @@ union graph either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import numpy as np
 
 from ..store.manifest import Manifest
+from .layout import load_graphs, view_domains
 
 Graph = TypeVar("Graph")
 
@@ -31,14 +33,20 @@ def column_slices(manifest: Manifest) -> list[slice]:
 
 
 class GraphSet(Generic[Graph]):
-    """A version's loaded graphs: `views` by domain name, and `union` (None when every domain
-    has a view). A runtime says how one graph runs (`_run_view`, `_run_union`)."""
+    """A version's loaded graphs: `domains`, the views by domain name, and `mixed`, the union
+    graph (None when every domain has a view: layout.load_graphs). A runtime says how it loads
+    one graph (`load`) and how one runs (`_run_view`, `_run_union`)."""
 
-    def __init__(self, manifest: Manifest, union: Graph | None, views: dict[str, Graph]):
+    def __init__(
+        self,
+        manifest: Manifest,
+        keys: dict[str, str],
+        domain_graphs: str,
+        load: Callable[[str, int], Graph],
+    ):
+        views = view_domains(manifest, domain_graphs)
+        self.mixed, self.domains = load_graphs(manifest, keys, views, load)
         names = manifest.spec.domain_names
-        if union is None and set(views) != set(names):
-            raise ValueError("without the union graph every domain needs its own view")
-        self.mixed, self.domains = union, views
         self.names = list(names)
         self.index = {name: i for i, name in enumerate(names)}
         self.columns = column_slices(manifest)

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from ..store.manifest import ArtifactError
 from ..store.stored import StoredVersion
 from .graph_set import GraphSet
-from .layout import graph_keys, load_graphs, view_domains
+from .layout import graph_keys
 
 # No usage telemetry from a model server (ONNX Runtime 1.29+ sends it from Linux builds too;
 # the Docker image also sets ORT_DISABLE_TELEMETRY=1, which acts before the runtime starts).
@@ -78,7 +78,6 @@ class OnnxGraphs(GraphSet[ort.InferenceSession]):
     ):
         manifest = stored.manifest
         keys = graph_keys(stored.folder, manifest, precision)
-        views = view_domains(manifest, domain_graphs)
         self.precision = precision
         cores = len(os.sched_getaffinity(0))
         self.parallel_batches = max(1, cores // (threads or cores))
@@ -88,7 +87,7 @@ class OnnxGraphs(GraphSet[ort.InferenceSession]):
             check_classes(stored.folder / key, made.get_outputs()[0].shape[-1], classes)
             return made
 
-        super().__init__(manifest, *load_graphs(manifest, keys, views, session))
+        super().__init__(manifest, keys, domain_graphs, session)
 
     def _run_view(self, view: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
         return view.run(None, {"x": x})[0]

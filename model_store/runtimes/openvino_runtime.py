@@ -24,7 +24,7 @@ import openvino as ov
 from ..store.manifest import ArtifactError
 from ..store.stored import StoredVersion
 from .graph_set import GraphSet
-from .layout import graph_keys, load_graphs, view_domains
+from .layout import graph_keys
 from .onnx_runtime import check_classes
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
@@ -67,7 +67,6 @@ class OpenVinoGraphs(GraphSet[ov.InferRequest]):
     ):
         manifest, core = stored.manifest, ov.Core()
         keys = graph_keys(stored.folder, manifest)  # the fp32 graphs, any precision
-        views = view_domains(manifest, domain_graphs)
 
         def request(key: str, classes: int) -> ov.InferRequest:
             path = stored.folder / key
@@ -77,7 +76,7 @@ class OpenVinoGraphs(GraphSet[ov.InferRequest]):
 
         self.precision = precision
         self.parallel_batches = 1  # one infer request per graph: two batches would share it
-        super().__init__(manifest, *load_graphs(manifest, keys, views, request))
+        super().__init__(manifest, keys, domain_graphs, request)
 
     # infer() returns copies: a request's output buffer is reused by its next call
     def _run_view(self, view: ov.InferRequest, x: np.ndarray) -> np.ndarray:
