@@ -15,7 +15,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from model_store import ArtifactError
+from model_store import ArtifactError, open_version
 
 from .allocator import return_large_frees
 from .app import create_app
@@ -58,12 +58,26 @@ def load_model(settings: Settings) -> Served:
     try:
         return load_served(settings)
     except (ArtifactError, OSError, ValueError) as exc:
-        sys.exit(
-            f"bap-serve: cannot serve model {settings.model!r} from store {settings.store}: {exc}\n"
-            "Fix: build the bundled model with `make embedded`, or point --store / BAP_STORE and "
-            "--model / BAP_MODEL at a store holding a published version, or make a good version "
-            "CURRENT (`python -m model_store rollback` or `set-current VERSION`)."
-        )
+        raise no_model(settings, exc) from None
+
+
+def verify_model(settings: Settings) -> None:
+    """Check CURRENT's record and every file's SHA-256 without building a runtime: what the
+    supervisor of --workers does before starting any worker."""
+    try:
+        open_version(settings.store, settings.model).verify()
+    except (ArtifactError, OSError, ValueError) as exc:
+        raise no_model(settings, exc) from None
+
+
+def no_model(settings: Settings, exc: Exception) -> SystemExit:
+    """The exit that says why the model cannot be served and how to fix it, in one line."""
+    return SystemExit(
+        f"bap-serve: cannot serve model {settings.model!r} from store {settings.store}: {exc}\n"
+        "Fix: build the bundled model with `make embedded`, or point --store / BAP_STORE and "
+        "--model / BAP_MODEL at a store holding a published version, or make a good version "
+        "CURRENT (`python -m model_store rollback` or `set-current VERSION`)."
+    )
 
 
 def bind(settings: Settings) -> socket.socket:
@@ -85,15 +99,26 @@ def bind(settings: Settings) -> socket.socket:
     return sock
 
 
-def main(argv: list[str] | None = None) -> None:
-    settings = load_settings(argv)
+def configure_logging(settings: Settings, worker: bool = False) -> None:
+    """One line per event at the chosen level; a worker's lines carry its pid."""
+    pid = " worker=%(process)d" if worker else ""
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{pid} %(message)s",
     )
     if return_large_frees():
         log.debug("glibc returns freed buffers over 1 MiB to the OS")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(argv)
+    configure_logging(settings)
     sock = bind(settings)
+    if settings.workers > 1:
+        verify_model(settings)
+        from .workers import serve_workers
+
+        sys.exit(serve_workers(settings, sock))
     served = load_model(settings)
     config = uvicorn.Config(
         create_app(settings, preloaded=served),

@@ -91,12 +91,18 @@ def _domains_in_schema(app: FastAPI, holder: ModelHolder) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None, preloaded: Served | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    preloaded: Served | None = None,
+    supervisor: int | None = None,
+) -> FastAPI:
     """A ready-to-serve app; its lifespan loads CURRENT, or serves `preloaded` (the version
-    the CLI already loaded, verified and warmed, so start-up reads the weights once)."""
+    the CLI already loaded, verified and warmed, so start-up reads the weights once).
+    `supervisor`: the pid that started this app's process as one of --workers."""
     settings = settings or Settings()
     metrics = Metrics()
-    holder = ModelHolder(settings.store, settings.model, metrics, partial(load_served, settings))
+    load = partial(load_served, settings)
+    holder = ModelHolder(settings.store, settings.model, metrics, load, supervisor)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -154,7 +160,7 @@ def create_app(settings: Settings | None = None, preloaded: Served | None = None
     app.include_router(routes.router)
     app.include_router(v2.router)  # the Open Inference Protocol (KServe v2)
     app.router.routes.append(
-        Route("/metrics", _Endpoint(make_asgi_app(metrics.registry)), include_in_schema=False)
+        Route("/metrics", _Endpoint(make_asgi_app(metrics.exposition())), include_in_schema=False)
     )
     app.add_middleware(RawClassify)  # inside the two below: limited and counted like the rest
     app.add_middleware(v2.RawInfer)  # the same for the v2 infer route

@@ -8,12 +8,14 @@ manifest at scrape time, so a reload changes it without any bookkeeping.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from .batching import Batch
@@ -30,6 +32,12 @@ PARAMETER_SCOPES = {
     "single_domain": "single_domain_parameters",
     "independent": "independent_parameters",
 }
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus_client's own switch: with it set, every metric value lives in that folder,
+    shared by the worker processes (it must be set before prometheus_client is imported)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
 class ModelCollector(Collector):
@@ -108,11 +116,14 @@ class Metrics:
         self.requests = Counter(
             "bap_requests", "Classify requests by outcome", ["domain", "code"], registry=r
         )
-        # classify requests in progress: a plain int the middleware counts and the batcher
-        # reads (Batcher.can_run_alone); the gauge reports it at each scrape
+        # classify requests in progress: this process's count, which the batcher reads
+        # (Batcher.can_run_alone), and the gauge, which adds up every worker's (--workers)
         self.requests_in_flight = 0
-        Gauge("bap_inflight_requests", "Classify requests in progress", registry=r).set_function(
-            lambda: self.requests_in_flight
+        self.inflight = Gauge(
+            "bap_inflight_requests",
+            "Classify requests in progress",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_wait = Histogram(
             "bap_queue_wait_seconds",
@@ -134,7 +145,10 @@ class Metrics:
             registry=r,
         )
         self.inference_workers = Gauge(
-            "bap_inference_workers", "Batches the server runs at once", registry=r
+            "bap_inference_workers",
+            "Batches the server runs at once",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "bap_batch_size",
@@ -150,7 +164,11 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "bap_queue_depth", "Images waiting for a batch", ["domain"], registry=r
+            "bap_queue_depth",
+            "Images waiting for a batch",
+            ["domain"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.reloads = Counter(
             "bap_model_reloads", "Reload attempts by result", ["result"], registry=r
@@ -159,7 +177,24 @@ class Metrics:
         self._known: frozenset[str] = frozenset()
         self._series: dict[str, _DomainSeries] = {}
         self._ok: dict[str, tuple[Histogram, Counter]] = {}  # code 200's children, unknown too
-        r.register(ModelCollector(lambda: self.served))
+        self._model = ModelCollector(lambda: self.served)
+        r.register(self._model)
+
+    def exposition(self) -> CollectorRegistry:
+        """What GET /metrics reports. One process: its own registry. Several workers
+        (PROMETHEUS_MULTIPROC_DIR, set by server.workers): every worker's counters, histograms
+        and gauges added up from the shared folder, and the served version as this worker
+        sees it (a reload reaches every worker: server.workers)."""
+        if not multiprocess_dir():
+            return self.registry
+        shared = CollectorRegistry()
+        MultiProcessCollector(shared)
+        shared.register(self._model)
+        return shared
+
+    def request_started(self) -> None:
+        self.requests_in_flight += 1
+        self.inflight.inc()
 
     def domain_label(self, name: str | None) -> str:
         """The label value for a client-supplied domain name: known names only."""
@@ -192,7 +227,9 @@ class Metrics:
             series = self._series[domain] = self._resolve(domain)
         return series
 
-    def observe_request(self, domain: str, code: int, seconds: float) -> None:
+    def request_finished(self, domain: str, code: int, seconds: float) -> None:
+        self.requests_in_flight -= 1
+        self.inflight.dec()
         if code == 200 and domain in self._ok:
             duration, requests = self._ok[domain]
         else:

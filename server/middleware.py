@@ -83,9 +83,8 @@ class RequestMetrics:
                 code = message["status"]
             await send(message)
 
-        self.metrics.requests_in_flight += 1
+        self.metrics.request_started()
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.metrics.requests_in_flight -= 1
-            self.metrics.observe_request(domain, code, time.perf_counter() - started)
+            self.metrics.request_finished(domain, code, time.perf_counter() - started)

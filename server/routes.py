@@ -300,8 +300,9 @@ async def readyz(served: ServedDep, batcher: BatcherDep) -> Ready:
     responses={code: {"model": ErrorBody} for code in (401, 403, 409)},
 )
 async def reload(holder: HolderDep) -> Reloaded:
-    """Load CURRENT again, verify and warm it, then swap; a bad version is refused (409)."""
-    previous, current = await holder.reload()
+    """Load CURRENT again, verify and warm it, then swap; a bad version is refused (409).
+    With --workers every worker reloads; the answer is the one that took the request."""
+    previous, current = await holder.reload_everywhere()
     return Reloaded(
         status="reloaded", previous=previous.version if previous else None, version=current.version
     )
