@@ -308,7 +308,7 @@ def test_one_bad_version_never_hides_the_others(store: Path, capsys) -> None:
 
 
 def test_the_server_refuses_a_bad_manifest_at_start_in_one_line(store: Path) -> None:
-    from server.__main__ import load_model
+    from server.startup import load_model
     from tests.server.conftest import settings_for
 
     republish_manifest(store, "tiny", "v3", lambda m: m.update(budget="lots"))

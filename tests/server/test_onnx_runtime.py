@@ -21,13 +21,15 @@ from model_store import (
     version_path,
 )
 from server import create_app
-from server.__main__ import load_model
+from server.startup import load_model
 from tests.server.conftest import (
     DOMAINS,
     Reference,
     assert_matches,
     image_bytes,
+    metric,
     running,
+    serving,
     settings_for,
 )
 
@@ -188,6 +190,16 @@ def test_onnx_runtime_runs_one_thread_batches_one_per_core(
     assert threads_and_batches(threads=3) == ({3}, 1)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0})
     assert threads_and_batches() == ({1}, 1)
+
+
+@pytest.mark.parametrize(("workers", "batches"), [(1, 4), (2, 2), (3, 1), (8, 1)])
+async def test_workers_share_out_the_batches_the_cores_run(
+    compiled_store: Path, monkeypatch: pytest.MonkeyPatch, workers: int, batches: int
+) -> None:
+    """With --workers each process runs its share of the cores' batches at once, never 0."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    async with serving(compiled_store, runtime="onnx", workers=workers) as client:
+        assert metric((await client.get("/metrics")).text, "bap_inference_workers") == batches
 
 
 async def test_bf16_is_served_once_measured_and_shows_its_accuracy(compiled_store: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from server import create_app, routes, runner
-from server.__main__ import load_model
+from server.startup import load_model
 from tests.server.conftest import (
     DOMAINS,
     Reference,

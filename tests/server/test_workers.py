@@ -76,6 +76,9 @@ def test_a_reload_reaches_every_worker_and_metrics_add_up(store: Path, tmp_path:
             )
             assert_matches(r.json(), Reference(store).scores("dom1", data))
         assert metric(scrape(server), "bap_requests_total", domain="dom1", code="200") == 6
+        port = server.url.rsplit(":", 1)[1]  # the workers share it; nobody else may
+        taken = start_fails(store, f"--port={port}")
+        assert taken.returncode == 1 and f"127.0.0.1:{port} is already in use" in taken.stderr
 
         publish_random(store, seed=1)  # v2 becomes CURRENT; the admin call reloads both
         r = httpx.post(server.url + "/admin/reload", headers=ADMIN, timeout=CAP_SECONDS)
