@@ -44,6 +44,8 @@ from .wrk import run_wrk
 log = logging.getLogger(__name__)
 APPS = Path(__file__).with_name("peer_apps")
 OURS = "ours"
+OURS_X2 = "ours, --workers 2"  # server/workers.py: an event loop per core
+OURS_WORKERS = {OURS: 1, OURS_X2: 2}
 START_CAP_S = 300.0  # Ray brings up a cluster first; a busy 2-core box makes it slow
 SCORE_TOLERANCE = 1e-5  # same graph, same runtime, same input: only float noise may differ
 ORT_PINS = ("onnxruntime==1.32.0", "pillow==13.0.0")  # the project's versions
@@ -239,13 +241,10 @@ def measure(s: Settings) -> dict[str, Any]:
             "BENCH_LABELS": json.dumps(labels),
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(APPS)]),
         }
-        ours = Launch(
-            OURS,
-            lambda ports: [sys.executable, "-m", "server", f"--store={s.store.resolve()}",
-                           f"--model={s.model}", f"--port={ports[0]}", "--log-level=warning"],
-            base, Request(f"/classify?domain={s.domain}", image, "image/png"), predictions, 1,
-        )  # fmt: skip
-        launches, info, skipped = [ours], {OURS: _our_info()}, {}
+        request = Request(f"/classify?domain={s.domain}", image, "image/png")
+        launches = [_ours(name, s, base, request) for name in OURS_WORKERS]
+        info = {name: _our_info(OURS_WORKERS[name]) for name in OURS_WORKERS}
+        skipped: dict[str, str] = {}
         for name in s.peers:
             try:
                 launch, info[name] = prepare(name, s.install, s.cache, base, image, s.domain)
@@ -266,10 +265,24 @@ def measure(s: Settings) -> dict[str, Any]:
     }
 
 
-def _our_info() -> dict[str, Any]:
+def _ours(name: str, s: Settings, env: dict[str, str], request: Request) -> Launch:
+    def argv(ports: list[int]) -> list[str]:
+        return [sys.executable, "-m", "server", f"--store={s.store.resolve()}",
+                f"--model={s.model}", f"--port={ports[0]}", "--log-level=warning",
+                f"--workers={OURS_WORKERS[name]}"]  # fmt: skip
+
+    return Launch(name, argv, env, request, predictions, 1)
+
+
+def _our_info(workers: int) -> dict[str, Any]:
+    where = (
+        "1 process, 2 batches at once"
+        if workers == 1
+        else f"{workers} worker processes (a socket each), 1 batch at once in each"
+    )
     return {
         "settings": "`python -m server` as shipped: raw-body fast path, batching (auto, max 16), "
-        "ONNX Runtime 1 thread a session, 2 batches at once",
+        f"ONNX Runtime 1 thread a session; {where}",
         "versions": versions(Path(sys.executable), ("onnxruntime", "uvicorn", "fastapi")),
     }
 
@@ -328,7 +341,7 @@ def _rounds(
                         log.info("peers %s", rows[-1])
                     memory.append({"server": launch.name, "round": round_} | tree_memory(pid))
             except ServerFailed as exc:
-                if launch.name == OURS:
+                if launch.name in OURS_WORKERS:
                     raise
                 log.warning("%s skipped: %s", launch.name, exc)
                 skipped[launch.name] = str(exc)

@@ -270,20 +270,26 @@ def resnet50_section(result: dict[str, Any]) -> str:
     )
 
 
-def _peer_ratios(f: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per peer: ours ÷ it, req/s at the fewest and the most clients and p99 at the most, from
-    the medians over the interleaved rounds."""
-    ours = f["summary"]["ours"]
-    clients = sorted(int(c) for c in ours if c.isdigit())
+def _peer_ratios(f: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per configuration of ours (1 process; --workers 2 where the run has it) and per peer:
+    ours ÷ it, req/s at the fewest and the most clients and p99 at the most, from the medians
+    over the interleaved rounds."""
+    summary = f["summary"]
+    ours_names = [n for n in summary if n.startswith("ours")]
+    clients = sorted(int(c) for c in summary["ours"] if c.isdigit())
     lo, hi = str(clients[0]), str(clients[-1])
-    out = {}
-    for name, peer in f["summary"].items():
-        if name != "ours" and lo in peer and hi in peer:
-            out[name] = {
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for mine in ours_names:
+        ours = summary[mine]
+        out[mine] = {
+            name: {
                 "lo": ours[lo]["req_per_s"] / peer[lo]["req_per_s"],
                 "hi": ours[hi]["req_per_s"] / peer[hi]["req_per_s"],
                 "p99_hi": ours[hi]["p99_ms"] / peer[hi]["p99_ms"],
             }
+            for name, peer in summary.items()
+            if name not in ours_names and lo in peer and hi in peer
+        }
     return out
 
 
@@ -307,7 +313,7 @@ def peers_section(result: dict[str, Any]) -> str:
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
         if name in f.get("server_versions", {}):
             versions = f"Triton {f['server_versions'][name]}, {versions}"
-        r = ratios.get(name)
+        against = [(mine, r[name]) for mine, r in ratios.items() if name in r]
         rows.append(
             [
                 name,
@@ -315,7 +321,10 @@ def peers_section(result: dict[str, Any]) -> str:
                 info["settings"],
                 rate(x, lo, "p50"),
                 rate(x, hi, "p99"),
-                f"{r['lo']:.2f} / {r['hi']:.2f} / {r['p99_hi']:.2f}" if r else "",
+                "; ".join(
+                    f"{mine}: {r['lo']:.2f} / {r['hi']:.2f} / {r['p99_hi']:.2f}"
+                    for mine, r in against
+                ),
                 " / ".join(f"{x[c]['cpu_ms_per_request']:.2f}" for c in (lo, hi) if c in x),
                 f"{x.get('rss_mib', 0):.0f} / {x.get('pss_mib', 0):.0f} ({x.get('processes')})",
                 f"{x.get('cold_start_s', 0):.1f}",
@@ -402,15 +411,16 @@ def _peers_targets(f: dict[str, Any]) -> list[list[object]]:
     out: list[list[object]] = []
     clients = sorted(int(c) for c in f["summary"]["ours"] if c.isdigit())
     lo, hi = clients[0], clients[-1]
-    for name, r in _peer_ratios(f).items():
-        out += [
-            [f"ours ÷ {name}, req/s at {lo} client", f"{r['lo']:.2f}", "≥ 1.15",
-             _ok(r["lo"] >= 1.15)],
-            [f"ours ÷ {name}, req/s at {hi} clients", f"{r['hi']:.2f}", "≥ 1.5",
-             _ok(r["hi"] >= 1.5)],
-            [f"ours ÷ {name}, p99 at {hi} clients", f"{r['p99_hi']:.2f}", "≤ 0.7",
-             _ok(r["p99_hi"] <= 0.7)],
-        ]  # fmt: skip
+    for mine, peers in _peer_ratios(f).items():
+        for name, r in peers.items():
+            out += [
+                [f"{mine} ÷ {name}, req/s at {lo} client", f"{r['lo']:.2f}", "≥ 1.15",
+                 _ok(r["lo"] >= 1.15)],
+                [f"{mine} ÷ {name}, req/s at {hi} clients", f"{r['hi']:.2f}", "≥ 1.5",
+                 _ok(r["hi"] >= 1.5)],
+                [f"{mine} ÷ {name}, p99 at {hi} clients", f"{r['p99_hi']:.2f}", "≤ 0.7",
+                 _ok(r["p99_hi"] <= 0.7)],
+            ]  # fmt: skip
     return out
 
 

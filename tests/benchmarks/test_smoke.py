@@ -139,7 +139,8 @@ def test_peers_suite_runs_the_plain_app_and_skips_what_is_not_installed(tmp_path
     cache = tmp_path / "peers-cache"
     results, text = run_suite("peers", tmp_path, "--no-install", "--peers-cache", str(cache))
     f = results["peers"]["figures"]
-    assert set(f["summary"]) == {"ours", peers_bench.PLAIN}
+    assert set(f["summary"]) == {"ours", peers_bench.OURS_X2, peers_bench.PLAIN}
+    assert f["summary"][peers_bench.OURS_X2]["processes"] >= 3  # supervisor and 2 workers
     assert set(f["skipped"]) == set(peers_bench.PEERS) - {peers_bench.PLAIN, peers_bench.PLAIN_X2}
     assert all("not installed" in why for why in f["skipped"].values())
     assert not cache.exists()  # nothing was made
@@ -150,6 +151,7 @@ def test_peers_suite_runs_the_plain_app_and_skips_what_is_not_installed(tmp_path
     assert len(f["reference"]) == 5
     assert all(f["summary"][n]["pss_mib"] > 0 for n in f["summary"])
     assert f"ours ÷ {peers_bench.PLAIN}, req/s at 1 client" in text
+    assert f"{peers_bench.OURS_X2} ÷ {peers_bench.PLAIN}, req/s at 2 clients" in text
     assert "Not measured: LitServe: not installed" in text
     r50 = results["peers_resnet50"]["figures"]  # the plain app serving one graph per domain
     assert set(r50["servers"]) == {"ours", peers_bench.PLAIN}
