@@ -44,10 +44,10 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=64,
-        description="server processes sharing the port, each with its own event loop, batcher "
-        "and copy of the model (server/workers.py); 2 on a 2-core box about 1.2-1.3x the req/s "
-        "of a small model at 32 clients, at twice the memory; 1 for a large model, whose "
-        "inference already keeps every core busy",
+        description="server processes on the port, each with its own event loop, batcher and "
+        "copy of the model (server/workers.py); on a 2-core box 2 gave the bundled model 1.3x "
+        "the req/s at 32 clients and two thirds of the p99, at 2.5x the memory; keep 1 for a "
+        "large model, whose inference already keeps every core busy",
     )
     max_batch_size: int = Field(16, ge=1, le=1024, description="images per batch at most")
     max_batch_delay_ms: float = Field(
