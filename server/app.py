@@ -100,7 +100,7 @@ def create_app(
     the CLI already loaded, verified and warmed, so start-up reads the weights once).
     `supervisor`: the pid that started this app's process as one of --workers."""
     settings = settings or Settings()
-    metrics = Metrics()
+    metrics = Metrics(shared=supervisor is not None)
     load = partial(load_served, settings)
     holder = ModelHolder(settings.store, settings.model, metrics, load, supervisor)
 

@@ -30,6 +30,7 @@ class CandidateRefused(Exception):
 
 
 Outcome = tuple[Served | None, Served]  # (the version before, the version now served)
+RELOAD_WAIT_S = 120.0  # reload_everywhere: the longest wait for this worker's turn
 
 
 class ModelHolder:
@@ -60,8 +61,13 @@ class ModelHolder:
             return await self.reload()
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
-        os.kill(self.supervisor, signal.SIGHUP)
-        return await waiter
+        try:
+            os.kill(self.supervisor, signal.SIGHUP)
+            async with asyncio.timeout(RELOAD_WAIT_S):  # TimeoutError: e.g. it is draining
+                return await waiter
+        finally:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
 
     async def reload(self) -> Outcome:
         """Load CURRENT again and swap it in; CandidateRefused (old version kept) if it is bad.
@@ -70,10 +76,11 @@ class ModelHolder:
             waiting, self._waiting = self._waiting, []
             try:
                 outcome = await self._reload()
-            except CandidateRefused as exc:
+            except BaseException as exc:  # refused, or interrupted: no caller waits for ever
+                failure = exc if isinstance(exc, Exception) else CandidateRefused(repr(exc))
                 for waiter in waiting:
                     if not waiter.done():
-                        waiter.set_exception(exc)
+                        waiter.set_exception(failure)
                 raise
             for waiter in waiting:
                 if not waiter.done():

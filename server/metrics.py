@@ -8,7 +8,6 @@ manifest at scrape time, so a reload changes it without any bookkeeping.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,12 +31,6 @@ PARAMETER_SCOPES = {
     "single_domain": "single_domain_parameters",
     "independent": "independent_parameters",
 }
-
-
-def multiprocess_dir() -> str | None:
-    """prometheus_client's own switch: with it set, every metric value lives in that folder,
-    shared by the worker processes (it must be set before prometheus_client is imported)."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
 class ModelCollector(Collector):
@@ -104,7 +97,11 @@ class _DomainSeries:
 class Metrics:
     """The registry and every metric; also the batcher's observer."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
+        """`shared`: this process is one of --workers, whose values prometheus_client keeps in
+        the folder the supervisor names (PROMETHEUS_MULTIPROC_DIR, set before the worker
+        process starts and so before it imports prometheus_client)."""
+        self.shared = shared
         self.registry = r = CollectorRegistry()
         self.request_duration = Histogram(
             "bap_request_duration_seconds",
@@ -165,10 +162,11 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "bap_queue_depth",
-            "Images waiting for a batch",
+            "Images waiting for a batch (with --workers: the fullest worker's queue, since the "
+            "queue limit is each worker's)",
             ["domain"],
             registry=r,
-            multiprocess_mode="livesum",
+            multiprocess_mode="livemax",
         )
         self.reloads = Counter(
             "bap_model_reloads", "Reload attempts by result", ["result"], registry=r
@@ -181,11 +179,10 @@ class Metrics:
         r.register(self._model)
 
     def exposition(self) -> CollectorRegistry:
-        """What GET /metrics reports. One process: its own registry. Several workers
-        (PROMETHEUS_MULTIPROC_DIR, set by server.workers): every worker's counters, histograms
-        and gauges added up from the shared folder, and the served version as this worker
-        sees it (a reload reaches every worker: server.workers)."""
-        if not multiprocess_dir():
+        """What GET /metrics reports. One process: its own registry. A worker: every worker's
+        counters, histograms and gauges added up from the shared folder, and the served version
+        as this worker sees it (a reload reaches every worker: server.workers)."""
+        if not self.shared:
             return self.registry
         shared = CollectorRegistry()
         MultiProcessCollector(shared)

@@ -18,7 +18,14 @@ from model_store import ImageError, ImageTooLarge
 from .batching import Batcher
 from .config import Settings
 from .deps import AdminDep, BatcherDep, HolderDep, ServedDep, current_served, running_batcher
-from .errors import BadParameters, BatcherDown, ResultTimeout, UnknownDomain, UnsupportedMediaType
+from .errors import (
+    BadParameters,
+    BatcherDown,
+    NotReady,
+    ResultTimeout,
+    UnknownDomain,
+    UnsupportedMediaType,
+)
 from .runner import Served, decode, encode
 from .schemas import (
     BatchItem,
@@ -302,7 +309,12 @@ async def readyz(served: ServedDep, batcher: BatcherDep) -> Ready:
 async def reload(holder: HolderDep) -> Reloaded:
     """Load CURRENT again, verify and warm it, then swap; a bad version is refused (409).
     With --workers every worker reloads; the answer is the one that took the request."""
-    previous, current = await holder.reload_everywhere()
+    try:
+        previous, current = await holder.reload_everywhere()
+    except TimeoutError:
+        raise NotReady(
+            "the supervisor passed this worker no reload in time (is the server draining?)"
+        ) from None
     return Reloaded(
         status="reloaded", previous=previous.version if previous else None, version=current.version
     )

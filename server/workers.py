@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from functools import partial
 
 import uvicorn
@@ -40,9 +41,12 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from .app import create_app
 from .config import Settings
-from .startup import bind, configure_logging, load_model, verify_model
+from .startup import bind, configure_logging, load_model, no_model, verify_model
 
 log = logging.getLogger(__name__)
+METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to multiprocess mode
+LISTEN_BACKLOG = 2048  # uvicorn's default
+BACKOFF_MAX_S = 60.0  # the longest wait between starts of a worker that keeps failing
 
 
 class Supervisor(Multiprocess):
@@ -50,9 +54,14 @@ class Supervisor(Multiprocess):
 
     stopped = False  # by SIGTERM or SIGINT, rather than by a worker failing start-up
 
-    def __init__(self, config: uvicorn.Config, slots: list[socket.socket]):
+    def __init__(self, config: uvicorn.Config, settings: Settings, slots: list[socket.socket]):
         super().__init__(config, sockets=[])
-        self.slots = slots  # worker i listens on slots[i], and so does its replacement
+        self.settings, self.slots = settings, slots  # worker i listens on slots[i]
+        self.port = slots[0].getsockname()[1]
+        self.all_up = False  # every worker has been ready once; from then on none stops the server
+        self.backoff = [0.0] * len(slots)  # seconds before slot i's next start after failed ones
+        self.start_at: dict[int, float] = {}  # slot -> when its next worker starts
+        self.hup_pending: set[int] = set()  # workers still starting, which get SIGHUP once ready
 
     def init_processes(self) -> None:
         self.processes = [self._start(slot) for slot in self.slots]
@@ -63,27 +72,63 @@ class Supervisor(Multiprocess):
         return process
 
     def keep_subprocess_alive(self) -> None:
-        """Replace a worker that exited or stopped answering health pings (killed first)."""
+        """Replace a worker that exited or stopped answering health pings (killed first); pass
+        on a SIGHUP that found a worker still starting."""
         if self.should_exit.is_set():
             return
         for i, process in enumerate(self.processes):
-            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+            if i in self.start_at:
+                if time.monotonic() >= self.start_at[i]:
+                    del self.start_at[i]
+                    self.processes[i] = self._start(self.slots[i])
                 continue
-            process.kill()
-            process.join()
-            if process.pid is not None:
-                mark_process_dead(process.pid)
-            if process.exitcode == STARTUP_FAILURE:  # it said why; every restart would fail too
-                log.error("worker=%s failed to start; stopping", process.pid)
-                self.should_exit.set()
-                return
-            log.warning("worker=%s exited (%s); starting another", process.pid, process.exitcode)
-            self.processes[i] = self._start(self.slots[i])
+            if not process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                self._retire(i, process)
+                if self.should_exit.is_set():
+                    return
+        for process in self.processes:
+            if process.pid in self.hup_pending and process.is_ready(timeout=1):
+                self.hup_pending.discard(process.pid)
+                os.kill(process.pid, signal.SIGHUP)
+        if not self.all_up:
+            self.all_up = all(p.is_ready(timeout=1) for p in self.processes)
+
+    def _retire(self, i: int, process: Process) -> None:
+        process.kill()
+        process.join()
+        mark_process_dead(process.pid)
+        self.hup_pending.discard(process.pid)
+        # Its socket stays in the port's group while the supervisor holds it, and the kernel
+        # would queue a share of new connections there for the replacement's whole start: a
+        # fresh socket takes its place, listening only once the replacement is up.
+        self.slots[i].close()
+        self.slots[i] = bind(self.settings, reuse_port=True, port=self.port)
+        failed = process.exitcode == STARTUP_FAILURE  # it said why in one line
+        if failed and not self.all_up:  # the server never came up: every restart would fail too
+            log.error("worker=%s failed to start; stopping", process.pid)
+            self.should_exit.set()
+            return
+        # After a refused version CURRENT may be bad while the others serve the old one: keep
+        # serving on them and try again later, never stop the server for it.
+        self.backoff[i] = min(BACKOFF_MAX_S, max(1.0, 2 * self.backoff[i])) if failed else 0.0
+        log.warning(
+            "worker=%s exited (%s); another starts in %.0f s",
+            process.pid,
+            process.exitcode,
+            self.backoff[i],
+        )
+        self.start_at[i] = time.monotonic() + self.backoff[i]
 
     def handle_hup(self) -> None:
-        for process in self.processes:
-            if process.pid is not None and process.exitcode is None:
+        """Every running worker reloads; one still starting gets the signal once it is ready
+        (before that, SIGHUP would end it), and a slot waiting to restart loads CURRENT anyway."""
+        for i, process in enumerate(self.processes):
+            if i in self.start_at or process.pid is None:
+                continue
+            if process.is_ready(timeout=1):
                 os.kill(process.pid, signal.SIGHUP)
+            else:
+                self.hup_pending.add(process.pid)
 
     def handle_term(self) -> None:
         self._stop()
@@ -109,26 +154,33 @@ class Supervisor(Multiprocess):
 
 
 def listening_sockets(settings: Settings) -> list[socket.socket]:
-    """One socket per worker on one port. A plain bind first, so a port already taken (by any
-    server, a multi-worker one of ours too) stops the start as it does a single server's."""
+    """One socket per worker on one port, listening at once: connections made while the
+    workers load wait for them, and no other server can bind the port meanwhile (a plain bind
+    first, so a port already taken stops the start as it does a single server's)."""
     bind(settings).close()
     first = bind(settings, reuse_port=True)
     port = first.getsockname()[1]  # the one chosen, when --port is 0
     others = [bind(settings, reuse_port=True, port=port) for _ in range(settings.workers - 1)]
-    return [first, *others]
+    slots = [first, *others]
+    for slot in slots:
+        slot.listen(LISTEN_BACKLOG)
+    return slots
 
 
 def worker_app(settings: Settings, supervisor: int) -> FastAPI:
     """One worker's app (uvicorn calls this in the spawned process): the version loaded,
-    verified and warmed here; if that fails, one line and the status that stops the server."""
-
+    verified and warmed here; if that fails, one line and the status for a failed start."""
     configure_logging(settings, worker=True)
     try:
         served = load_model(settings)
-    except SystemExit as refused:  # its one line, and uvicorn's status for a failed start
-        sys.stderr.write(f"{refused.code}\n")
-        sys.exit(STARTUP_FAILURE)
-    return create_app(settings, preloaded=served, supervisor=supervisor)
+    except SystemExit as exc:
+        refused = exc
+    except Exception as exc:  # what load_model does not expect (a runtime's own error) too
+        refused = no_model(settings, exc)
+    else:
+        return create_app(settings, preloaded=served, supervisor=supervisor)
+    sys.stderr.write(f"{refused.code}\n")
+    sys.exit(STARTUP_FAILURE)
 
 
 def serve_workers(settings: Settings) -> int:
@@ -137,15 +189,18 @@ def serve_workers(settings: Settings) -> int:
     slots = listening_sockets(settings)
     verify_model(settings)
     with tempfile.TemporaryDirectory(prefix="bap-metrics-") as folder:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # read by the workers' prometheus_client
-        config = uvicorn.Config(
-            partial(worker_app, settings, os.getpid()),
-            factory=True,
-            workers=settings.workers,
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=settings.drain_seconds,
-        )
-        supervisor = Supervisor(config, slots)
-        supervisor.run()
+        os.environ[METRICS_FOLDER] = folder  # read by the workers' prometheus_client
+        try:
+            config = uvicorn.Config(
+                partial(worker_app, settings, os.getpid()),
+                factory=True,
+                log_level=settings.log_level,
+                access_log=False,
+                timeout_graceful_shutdown=settings.drain_seconds,
+                backlog=LISTEN_BACKLOG,
+            )
+            supervisor = Supervisor(config, settings, slots)
+            supervisor.run()
+        finally:
+            del os.environ[METRICS_FOLDER]
         return 0 if supervisor.stopped else 1

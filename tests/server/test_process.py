@@ -83,7 +83,10 @@ def answers(url: str, path: str, status: int = 200) -> bool:
 
 
 @contextmanager
-def server_process(store: Path, tmp_path: Path, **settings: Any) -> Iterator[Server]:
+def server_process(
+    store: Path, tmp_path: Path, *, ready: bool = True, **settings: Any
+) -> Iterator[Server]:
+    """`python -m server` with these settings as flags; `ready`: once /readyz answers 200."""
     port = free_port()
     flags = {"store": store, "model": MODEL, "port": port, "admin_token": TOKEN} | settings
     args = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
@@ -95,7 +98,8 @@ def server_process(store: Path, tmp_path: Path, **settings: Any) -> Iterator[Ser
         )
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
-        wait_for(lambda: answers(server.url, "/readyz"), "ready", server)
+        if ready:
+            wait_for(lambda: answers(server.url, "/readyz"), "ready", server)
         yield server
     finally:
         if proc.poll() is None:

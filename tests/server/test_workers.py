@@ -17,7 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from uvicorn.config import STARTUP_FAILURE
 
+from model_store import set_current
+from server.workers import worker_app
 from tests.server.conftest import (
     MODEL,
     TOKEN,
@@ -26,11 +29,13 @@ from tests.server.conftest import (
     image_bytes,
     metric,
     publish_random,
+    settings_for,
 )
 from tests.server.test_process import (
     CAP_SECONDS,
     ROOT,
     Server,
+    answers,
     scrape,
     serve_command,
     server_process,
@@ -121,6 +126,56 @@ def test_a_dead_worker_is_replaced_and_its_gauges_go(store: Path, tmp_path: Path
         # the dead worker's live gauges are gone, the replacement's are there
         assert metric(scrape(server), "bap_inference_workers") == per_worker * WORKERS
         assert versions_answered(server) == {"v1"}
+
+
+def test_a_worker_that_dies_while_current_is_bad_waits_for_a_good_one(
+    store: Path, tmp_path: Path
+) -> None:
+    """After a refused version the other worker keeps serving the old one; the dead worker's
+    replacement cannot load CURRENT and is retried, with growing waits, instead of stopping the
+    server; once CURRENT is good again it comes up."""
+    with server_process(store, tmp_path, workers=WORKERS) as server:
+        wait_for(lambda: reloads(server) == WORKERS, "every worker loaded", server)
+        v2 = publish_random(store, seed=1)
+        weights = store / MODEL / v2 / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-10])
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: reloads(server, "refused") == WORKERS, "every worker refused", server)
+        os.kill(min(workers_of(server)), signal.SIGKILL)
+        wait_for(lambda: "another starts in 2 s" in server.output(), "a second try", server)
+        assert server.proc.poll() is None and versions_answered(server) == {"v1"}
+        set_current(store, MODEL, "v1")
+        wait_for(lambda: reloads(server) == WORKERS + 1, "the replacement loaded", server)
+        assert len(workers_of(server)) == WORKERS and versions_answered(server) == {"v1"}
+
+
+def test_sighup_while_the_workers_start_reaches_them_once_they_are_ready(
+    store: Path, tmp_path: Path
+) -> None:
+    """Before a worker's app is up SIGHUP would end it: the supervisor holds the signal for it."""
+    with server_process(store, tmp_path, ready=False, workers=WORKERS) as server:
+        wait_for(lambda: "Started parent process" in server.output(), "the supervisor", server)
+        server.proc.send_signal(signal.SIGHUP)  # the workers are importing and loading now
+        wait_for(lambda: answers(server.url, "/readyz"), "ready", server)
+        wait_for(lambda: reloads(server) == 2 * WORKERS, "every worker reloaded", server)
+        assert "exited" not in server.output()
+
+
+def test_an_unexpected_load_error_is_one_line_and_a_failed_start(
+    store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A runtime's own exception in a worker's load: the one line, and the status that makes
+    the supervisor stop instead of restarting the worker for ever."""
+
+    def broken(settings: object) -> None:
+        raise RuntimeError("onnxruntime: bad allocation")
+
+    monkeypatch.setattr("server.startup.load_served", broken)
+    with pytest.raises(SystemExit) as stopped:
+        worker_app(settings_for(store, workers=WORKERS), supervisor=os.getpid())
+    assert stopped.value.code == STARTUP_FAILURE
+    error = capsys.readouterr().err
+    assert "bad allocation" in error and "Fix:" in error and "Traceback" not in error
 
 
 def start_fails(store: Path, *flags: str) -> subprocess.CompletedProcess[str]:
