@@ -13,13 +13,19 @@ evenly: on one shared socket the first worker to wake accepted most of a burst (
 connections), and p99 at 32 clients was 44-46 ms against 36-41 ms with a socket each.
 
 The supervisor is uvicorn's (`uvicorn.supervisors.Multiprocess`: spawned workers, health pings,
-SIGTERM drains every worker) with these changes: a worker that dies is replaced on its own
-socket, and its live gauges leave the metrics folder; one that fails start-up stops the server;
-SIGHUP is passed to every worker, which reloads in place and refuses a bad version as a single
-server does (uvicorn would restart the workers); POST /admin/reload on any worker asks the
+SIGTERM drains every worker) with these changes: a worker that dies is replaced on a fresh
+socket, and its live gauges leave the metrics folder; a failed start stops the server only
+before every worker has come up once (later, say after a refused version, the others keep
+serving and the start is retried with growing waits); SIGHUP is passed to every worker, which
+reloads in place and refuses a bad version as a single server does (uvicorn would restart the
+workers), and held for a worker still starting; POST /admin/reload on any worker asks the
 supervisor for that SIGHUP (ModelHolder.reload_everywhere). Metrics use prometheus_client's
 multiprocess mode: every worker writes its values into one folder, which each worker's /metrics
 adds up.
+
+Measured (`python -m benchmarks peers`, bundled model, 32 clients, 2026-12-06): 1,757-1,828
+req/s with p99 25 ms for 2 workers against 1,385-1,447 req/s with p99 35-38 ms for one process;
+336 against 136 MiB RSS.
 """
 
 from __future__ import annotations
