@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .peers_bench import OURS_WORKERS
 from .server_bench import SWEEPS
 
 FINDINGS = Path(__file__).with_name("findings.md")
@@ -275,7 +276,7 @@ def _peer_ratios(f: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     ours ÷ it, req/s at the fewest and the most clients and p99 at the most, from the medians
     over the interleaved rounds."""
     summary = f["summary"]
-    ours_names = [n for n in summary if n.startswith("ours")]
+    ours_names = [n for n in OURS_WORKERS if n in summary]
     clients = sorted(int(c) for c in summary["ours"] if c.isdigit())
     lo, hi = str(clients[0]), str(clients[-1])
     out: dict[str, dict[str, dict[str, float]]] = {}

@@ -47,7 +47,8 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from .app import create_app
 from .config import Settings
-from .startup import bind, configure_logging, load_model, no_model, verify_model
+from .runner import load_served
+from .startup import bind, configure_logging, no_model, verify_model
 
 log = logging.getLogger(__name__)
 METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to multiprocess mode
@@ -92,10 +93,7 @@ class Supervisor(Multiprocess):
                 self._retire(i, process)
                 if self.should_exit.is_set():
                     return
-        for process in self.processes:
-            if process.pid in self.hup_pending and process.is_ready(timeout=1):
-                self.hup_pending.discard(process.pid)
-                os.kill(process.pid, signal.SIGHUP)
+        self._pass_hup()
         if not self.all_up:
             self.all_up = all(p.is_ready(timeout=1) for p in self.processes)
 
@@ -128,13 +126,19 @@ class Supervisor(Multiprocess):
     def handle_hup(self) -> None:
         """Every running worker reloads; one still starting gets the signal once it is ready
         (before that, SIGHUP would end it), and a slot waiting to restart loads CURRENT anyway."""
-        for i, process in enumerate(self.processes):
-            if i in self.start_at or process.pid is None:
-                continue
-            if process.is_ready(timeout=1):
+        self.hup_pending |= {
+            process.pid
+            for i, process in enumerate(self.processes)
+            if i not in self.start_at and process.pid is not None
+        }
+        self._pass_hup()
+
+    def _pass_hup(self) -> None:
+        """SIGHUP to each worker owed one that is ready for it."""
+        for process in self.processes:
+            if process.pid in self.hup_pending and process.is_ready(timeout=1):
+                self.hup_pending.discard(process.pid)
                 os.kill(process.pid, signal.SIGHUP)
-            else:
-                self.hup_pending.add(process.pid)
 
     def handle_term(self) -> None:
         self._stop()
@@ -178,15 +182,11 @@ def worker_app(settings: Settings, supervisor: int) -> FastAPI:
     verified and warmed here; if that fails, one line and the status for a failed start."""
     configure_logging(settings, worker=True)
     try:
-        served = load_model(settings)
-    except SystemExit as exc:
-        refused = exc
-    except Exception as exc:  # what load_model does not expect (a runtime's own error) too
-        refused = no_model(settings, exc)
-    else:
-        return create_app(settings, preloaded=served, supervisor=supervisor)
-    sys.stderr.write(f"{refused.code}\n")
-    sys.exit(STARTUP_FAILURE)
+        served = load_served(settings)
+    except Exception as exc:  # any error, a runtime's own too: its one line, no restart loop
+        sys.stderr.write(f"{no_model(settings, exc).code}\n")
+        sys.exit(STARTUP_FAILURE)
+    return create_app(settings, preloaded=served, supervisor=supervisor)
 
 
 def serve_workers(settings: Settings) -> int:

@@ -170,7 +170,7 @@ def test_an_unexpected_load_error_is_one_line_and_a_failed_start(
     def broken(settings: object) -> None:
         raise RuntimeError("onnxruntime: bad allocation")
 
-    monkeypatch.setattr("server.startup.load_served", broken)
+    monkeypatch.setattr("server.workers.load_served", broken)
     with pytest.raises(SystemExit) as stopped:
         worker_app(settings_for(store, workers=WORKERS), supervisor=os.getpid())
     assert stopped.value.code == STARTUP_FAILURE
