@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from .app import create_app
 from .config import Settings
+from .http_protocol import JoinedWritesHttpTools
 from .startup import bind, configure_logging, load_model
 
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         create_app(settings, preloaded=served),
         log_level=settings.log_level,
         access_log=False,  # the metrics count every request; the log stays quiet
+        http=JoinedWritesHttpTools,
         timeout_graceful_shutdown=settings.drain_seconds,
     )
     server = uvicorn.Server(config)

@@ -47,6 +47,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from .app import create_app
 from .config import Settings
+from .http_protocol import JoinedWritesHttpTools
 from .runner import load_served
 from .startup import bind, configure_logging, no_model, verify_model
 
@@ -202,6 +203,7 @@ def serve_workers(settings: Settings) -> int:
                 factory=True,
                 log_level=settings.log_level,
                 access_log=False,
+                http=JoinedWritesHttpTools,
                 timeout_graceful_shutdown=settings.drain_seconds,
                 backlog=LISTEN_BACKLOG,
             )
