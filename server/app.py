@@ -25,7 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import errors, routes, v2
-from .batching import Batcher
+from .batching import INLINE_MAX_S, Batcher
 from .config import Settings
 from .fastpath import RawClassify
 from .holder import CandidateRefused, ModelHolder
@@ -129,6 +129,8 @@ def create_app(
             observer=metrics,
             workers=workers,
             requests_in_flight=lambda: metrics.requests_in_flight,
+            # one of several workers with one batch at a time has a core of its own
+            inline_max_s=INLINE_MAX_S if settings.workers > 1 and workers == 1 else 0.0,
         )
         try:
             batcher.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -247,6 +248,57 @@ async def test_a_lone_item_of_a_quick_lane_runs_on_the_callers_thread(
         assert b.run_alone("v1", "a", 1) == ("a", 1)
     assert run.threads[0] != threading.get_ident() and run.threads[1] == threading.get_ident()
     assert run.shapes() == [("domain", ["a"]), ("domain", ["a"])]
+
+
+async def test_quick_batches_run_on_the_loops_thread_once_measured() -> None:
+    """inline_max_s: the first batch of a lane is measured in the executor; later batches
+    expected within the limit run on the event loop's own thread, with their own results."""
+    run = ThreadRecorder()
+    async with batcher(run, max_delay_s=0.0, inline_max_s=60.0) as b:
+        assert await b.submit("v1", "a", 0) == ("a", 0)
+        assert await b.submit("v1", "a", 1) == ("a", 1)
+        assert await b.submit("v2", "a", 5) == ("a", 5)  # v2 not measured yet
+        assert await b.submit("v2", "a", 6) == ("a", 6)
+    loop_thread = threading.get_ident()
+    assert [t == loop_thread for t in run.threads] == [False, True, False, True]
+
+
+async def test_a_batch_expected_over_the_limit_goes_to_the_executor() -> None:
+    """Expected time = the lane's last time per item x the batch's size: 4 items at >= 5 ms each
+    (sleep never returns early) are over 15 ms, so they leave the loop free; without
+    inline_max_s nothing runs on it."""
+
+    class Slow(ThreadRecorder):
+        def __call__(self, batch: Batch) -> list[Any]:
+            time.sleep(0.005 * len(batch.payloads))
+            return super().__call__(batch)
+
+    run = Slow()
+    async with batcher(run, max_delay_s=0.0, inline_max_s=0.015) as b:
+        await b.submit("v1", "a", 0)  # measured: >= 5 ms an item
+        await submit_all(b, [("a", i) for i in range(4)])  # expected >= 20 ms: executor
+    loop_thread = threading.get_ident()
+    assert [len(batch.payloads) for batch in run.batches] == [1, 4]
+    assert loop_thread not in run.threads
+    run = ThreadRecorder()
+    async with batcher(run, max_delay_s=0.0) as b:
+        for i in range(3):
+            await b.submit("v1", "a", i)
+    assert loop_thread not in run.threads
+
+
+async def test_an_inline_batch_that_fails_fails_only_its_own_requests() -> None:
+    class FailsOnce(Recorder):
+        def __call__(self, batch: Batch) -> list[Any]:
+            if batch.payloads == [1]:
+                raise RuntimeError("model error")
+            return super().__call__(batch)
+
+    async with batcher(FailsOnce(), max_delay_s=0.0, inline_max_s=60.0) as b:
+        await b.submit("v1", "a", 0)
+        with pytest.raises(RuntimeError, match="model error"):
+            await b.submit("v1", "a", 1)
+        assert await b.submit("v1", "a", 2) == ("a", 2)
 
 
 async def test_nothing_runs_alone_while_other_requests_are_in_the_server(

@@ -21,6 +21,7 @@ from model_store import (
     version_path,
 )
 from server import create_app
+from server.batching import INLINE_MAX_S
 from server.startup import load_model
 from tests.server.conftest import (
     DOMAINS,
@@ -29,7 +30,6 @@ from tests.server.conftest import (
     image_bytes,
     metric,
     running,
-    serving,
     settings_for,
 )
 
@@ -196,10 +196,25 @@ def test_onnx_runtime_runs_one_thread_batches_one_per_core(
 async def test_workers_share_out_the_batches_the_cores_run(
     compiled_store: Path, monkeypatch: pytest.MonkeyPatch, workers: int, batches: int
 ) -> None:
-    """With --workers each process runs its share of the cores' batches at once, never 0."""
+    """With --workers each process runs its share of the cores' batches at once, never 0; a
+    worker with one batch at a time runs its quick batches on its event loop, answering the
+    same as every other batch."""
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    async with serving(compiled_store, runtime="onnx", workers=workers) as client:
+    app = create_app(settings_for(compiled_store, runtime="onnx", workers=workers))
+    async with running(app) as client:
         assert metric((await client.get("/metrics")).text, "bap_inference_workers") == batches
+        inline = workers > 1 and batches == 1
+        assert app.state.batcher.inline_max_s == (INLINE_MAX_S if inline else 0.0)
+        reference, requests = Reference(compiled_store), list(enumerate(DOMAINS * 4))
+        for _ in range(2):  # the first batch of each domain measured, the next on the loop
+            answers = await asyncio.gather(
+                *(client.post(f"/classify?domain={domain}", content=image_bytes(seed),
+                              headers={"content-type": "image/png"})
+                  for seed, domain in requests)
+            )  # fmt: skip
+            for (seed, domain), r in zip(requests, answers, strict=True):
+                assert r.status_code == 200, r.text
+                assert_matches(r.json(), reference.scores(domain, image_bytes(seed)))
 
 
 async def test_bf16_is_served_once_measured_and_shows_its_accuracy(compiled_store: Path) -> None:
