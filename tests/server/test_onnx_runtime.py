@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -43,6 +44,22 @@ def compiled_store(store: Path) -> Path:
     return store
 
 
+async def assert_concurrent_answers_match(
+    client: httpx.AsyncClient, reference: Reference, domains: tuple[str, ...]
+) -> None:
+    """One image a domain in `domains`, all sent at once (so they batch): each answer's top-3
+    is the reference's."""
+    requests = list(enumerate(domains))
+    answers = await asyncio.gather(
+        *(client.post(f"/classify?domain={domain}&top_k=3", content=image_bytes(seed),
+                      headers={"content-type": "image/png"})
+          for seed, domain in requests)
+    )  # fmt: skip
+    for (seed, domain), r in zip(requests, answers, strict=True):
+        assert r.status_code == 200, r.text
+        assert_matches(r.json(), reference.scores(domain, image_bytes(seed)))
+
+
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])
 async def test_every_domain_and_a_mixed_batch_answer_like_torch(
     compiled_store: Path, runtime: str
@@ -61,15 +78,7 @@ async def test_every_domain_and_a_mixed_batch_answer_like_torch(
             # ONNX Runtime: one batch per core at once (its sessions run on 1 thread each)
             cores = len(os.sched_getaffinity(0))
             assert app.state.batcher.workers == (cores if runtime == "onnx" else 1)
-            requests = list(enumerate(DOMAINS * 8))
-            answers = await asyncio.gather(
-                *(client.post(f"/classify?domain={domain}&top_k=3", content=image_bytes(seed),
-                              headers={"content-type": "image/png"})
-                  for seed, domain in requests)
-            )  # fmt: skip
-            for (seed, domain), r in zip(requests, answers, strict=True):
-                assert r.status_code == 200, r.text
-                assert_matches(r.json(), reference.scores(domain, image_bytes(seed)))
+            await assert_concurrent_answers_match(client, reference, DOMAINS * 8)
 
 
 def test_auto_takes_the_graphs_when_the_version_has_them(compiled_store: Path) -> None:
@@ -205,16 +214,9 @@ async def test_workers_share_out_the_batches_the_cores_run(
         assert metric((await client.get("/metrics")).text, "bap_inference_workers") == batches
         inline = workers > 1 and batches == 1
         assert app.state.batcher.inline_max_s == (INLINE_MAX_S if inline else 0.0)
-        reference, requests = Reference(compiled_store), list(enumerate(DOMAINS * 4))
+        reference = Reference(compiled_store)
         for _ in range(2):  # the first batch of each domain measured, the next on the loop
-            answers = await asyncio.gather(
-                *(client.post(f"/classify?domain={domain}", content=image_bytes(seed),
-                              headers={"content-type": "image/png"})
-                  for seed, domain in requests)
-            )  # fmt: skip
-            for (seed, domain), r in zip(requests, answers, strict=True):
-                assert r.status_code == 200, r.text
-                assert_matches(r.json(), reference.scores(domain, image_bytes(seed)))
+            await assert_concurrent_answers_match(client, reference, DOMAINS * 4)
 
 
 async def test_bf16_is_served_once_measured_and_shows_its_accuracy(compiled_store: Path) -> None:
