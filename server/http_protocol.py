@@ -8,9 +8,11 @@ loop turn joined, 1.0, and the two-worker server spent 1.08-1.09 CPU-ms a reques
 
 A write waits at most until the loop's next turn (`call_soon`), behind callbacks already
 scheduled: no timer, so nothing waits on a clock. Order is kept (every write goes through the
-buffer), `close()` sends what is buffered first, `abort()` drops it as the transport would, and a
-large write (a file, a long stream) goes straight to the transport after what is buffered, so
-the transport's own high-water mark and uvicorn's flow control still hold.
+buffer), `close()` sends what is buffered first and `abort()` drops it as the transport would.
+The buffer never holds DIRECT_BYTES: a large write (a file, a long stream) goes straight to the
+transport after what is buffered, and small writes that add up to that much go at once. So the
+transport's own high-water mark, and uvicorn's flow control that pauses a sender on it, hold as
+they do without the buffer, even for a stream that never yields to the loop.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-DIRECT_BYTES = 64 * 1024  # a write this large is sent at once, not copied into the buffer
+DIRECT_BYTES = 64 * 1024  # this much goes to the transport at once, never waits in the buffer
 
 
 class JoinedWrites:
@@ -29,15 +31,19 @@ class JoinedWrites:
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
         self._transport, self._loop = transport, loop
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if len(data) >= DIRECT_BYTES:
+        if len(data) >= DIRECT_BYTES:  # sent as it is: not copied into the buffer
             self.flush()
             self._transport.write(data)
             return
         if not self._pending:
             self._loop.call_soon(self.flush)
         self._pending.append(bytes(data))
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= DIRECT_BYTES:
+            self.flush()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -49,11 +55,12 @@ class JoinedWrites:
             return
         data = b"".join(self._pending)
         self._pending.clear()
+        self._pending_bytes = 0
         if not self._transport.is_closing():
             self._transport.write(data)
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+        return self._transport.get_write_buffer_size() + self._pending_bytes
 
     def write_eof(self) -> None:
         self.flush()
@@ -65,6 +72,7 @@ class JoinedWrites:
 
     def abort(self) -> None:
         self._pending.clear()
+        self._pending_bytes = 0
         self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:

@@ -90,6 +90,21 @@ async def test_a_large_write_goes_straight_through_after_the_buffer() -> None:
     assert real.calls == [("write", b"head"), ("write", big)]  # the transport's limits apply
 
 
+async def test_small_writes_never_hold_the_direct_size_back() -> None:
+    """A stream of small chunks that never yields to the loop still reaches the transport (whose
+    high-water mark pauses the sender) every DIRECT_BYTES, not at the turn's end."""
+    real = Recording()
+    joined = JoinedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    chunk = b"c" * 1000
+    for _ in range(3 * DIRECT_BYTES // len(chunk)):
+        joined.write(chunk)
+        assert joined.get_write_buffer_size() < DIRECT_BYTES
+    assert len(real.calls) == 2 and all(len(data) >= DIRECT_BYTES for _, data in real.calls)
+    await next_turn()
+    sent = b"".join(data for _, data in real.calls)
+    assert sent == chunk * (3 * DIRECT_BYTES // len(chunk))
+
+
 async def test_a_closed_connection_gets_no_write_and_other_calls_pass_through() -> None:
     real = Recording()
     joined = JoinedWrites(real, asyncio.get_running_loop())  # type: ignore[arg-type]
