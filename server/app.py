@@ -91,6 +91,15 @@ def _domains_in_schema(app: FastAPI, holder: ModelHolder) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _core_of_its_own(settings: Settings, first: Served, workers: int) -> bool:
+    """One of several --workers whose runtime runs one-thread batches, a batch per core (ONNX
+    Runtime), and whose share is one batch at a time: its batches can run on its event loop
+    (batching.INLINE_MAX_S). Not torch or OpenVINO, whose one batch spans the cores."""
+    return (
+        settings.workers > 1 and workers == 1 and first.runtime.parallel_batches >= settings.workers
+    )
+
+
 def create_app(
     settings: Settings | None = None,
     preloaded: Served | None = None,
@@ -129,8 +138,7 @@ def create_app(
             observer=metrics,
             workers=workers,
             requests_in_flight=lambda: metrics.requests_in_flight,
-            # one of several workers with one batch at a time has a core of its own
-            inline_max_s=INLINE_MAX_S if settings.workers > 1 and workers == 1 else 0.0,
+            inline_max_s=INLINE_MAX_S if _core_of_its_own(settings, first, workers) else 0.0,
         )
         try:
             batcher.start()

@@ -48,9 +48,10 @@ ALONE_MAX_S = 0.002
 # the caches the loop's work evicts mid-batch. Its quick batches run on the loop instead: bundled
 # model, 2 workers on 2 cores, wrk -c32, three interleaved runs (2026-12-06): median req/s 1,907
 # against 1,799, 1,615 against 1,502, 1,679 against 1,657 (ahead in 11 of 14 rounds), p99 no
-# higher. The loop answers nothing while such a batch runs, so only a batch expected to take at
-# most this long runs there (16 images of the bundled model: ~10 ms; of a ResNet-50 at 224 px:
-# 0.5-0.9 s, never on the loop).
+# higher. The loop answers nothing while such a batch runs, so a batch runs there only when the
+# lane's last batch took at most this long and so would this one at that batch's time per image
+# (16 images of the bundled model: ~10 ms; of a ResNet-50 at 224 px: 0.5-0.9 s, so the batch
+# after such a one goes to the executor).
 INLINE_MAX_S = 0.05
 
 
@@ -144,8 +145,8 @@ class Batcher:
         self._last_one: tuple[Hashable, float] | None = None
         # a batch expected to run within this long runs on the loop's thread (0: never)
         self.inline_max_s = inline_max_s
-        # the last batch's lane and run time per item, for that expectation (one slot too)
-        self._last_per_item: tuple[Hashable, float] | None = None
+        # the last batch's lane, run time and size, for that expectation (one slot too)
+        self._last_batch: tuple[Hashable, float, int] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="bap-batcher")
@@ -332,17 +333,20 @@ class Batcher:
             self._running -= 1
         if len(items) == 1:
             self._last_one = (batch.lane, run_s)
-        self._last_per_item = (batch.lane, run_s / len(items))
+        self._last_batch = (batch.lane, run_s, len(items))
         self._observe("ran", batch, time.monotonic() - started)
         for item, result in zip(items, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
 
     def _quick_enough_inline(self, lane: Hashable, size: int) -> bool:
-        """This lane's last batch, scaled to `size` items, ran within inline_max_s (nothing
-        measured yet: no; the first batch goes to the executor)."""
-        last = self._last_per_item
-        return last is not None and last[0] == lane and last[1] * size <= self.inline_max_s
+        """This lane's last batch ran within inline_max_s, and would have with `size` items at
+        its time per item (nothing measured yet: no; the first batch goes to the executor)."""
+        if self.inline_max_s <= 0 or self._last_batch is None:  # 0: never, whatever the clock
+            return False
+        lane_last, seconds, items = self._last_batch
+        expected = max(seconds, seconds / items * size)
+        return lane_last == lane and expected <= self.inline_max_s
 
     def _timed(self, batch: Batch) -> tuple[Sequence[Any], float]:
         """`run` and how long it took on its thread (the thread hops not counted)."""

@@ -277,8 +277,9 @@ async def test_a_batch_expected_over_the_limit_goes_to_the_executor() -> None:
     async with batcher(run, max_delay_s=0.0, inline_max_s=0.015) as b:
         await b.submit("v1", "a", 0)  # measured: >= 5 ms an item
         await submit_all(b, [("a", i) for i in range(4)])  # expected >= 20 ms: executor
+        await b.submit("v1", "a", 5)  # the last batch took >= 20 ms: executor, whatever its size
     loop_thread = threading.get_ident()
-    assert [len(batch.payloads) for batch in run.batches] == [1, 4]
+    assert [len(batch.payloads) for batch in run.batches] == [1, 4, 1]
     assert loop_thread not in run.threads
     run = ThreadRecorder()
     async with batcher(run, max_delay_s=0.0) as b:
@@ -287,18 +288,39 @@ async def test_a_batch_expected_over_the_limit_goes_to_the_executor() -> None:
     assert loop_thread not in run.threads
 
 
+async def test_no_inline_limit_means_never_even_when_the_clock_sees_no_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A clock too coarse to see a batch (run time 0) must not turn inline_max_s 0 into 'on'."""
+
+    class StoppedClock:
+        @staticmethod
+        def monotonic() -> float:
+            return 0.0
+
+    monkeypatch.setattr("server.batching.time", StoppedClock)
+    run = ThreadRecorder()
+    async with batcher(run, max_delay_s=0.0) as b:
+        for i in range(3):
+            await b.submit("v1", "a", i)
+    assert len(run.threads) == 3 and threading.get_ident() not in run.threads
+
+
 async def test_an_inline_batch_that_fails_fails_only_its_own_requests() -> None:
-    class FailsOnce(Recorder):
+    class FailsOnce(ThreadRecorder):
         def __call__(self, batch: Batch) -> list[Any]:
             if batch.payloads == [1]:
+                self.threads.append(threading.get_ident())
                 raise RuntimeError("model error")
             return super().__call__(batch)
 
-    async with batcher(FailsOnce(), max_delay_s=0.0, inline_max_s=60.0) as b:
+    run = FailsOnce()
+    async with batcher(run, max_delay_s=0.0, inline_max_s=60.0) as b:
         await b.submit("v1", "a", 0)
         with pytest.raises(RuntimeError, match="model error"):
             await b.submit("v1", "a", 1)
         assert await b.submit("v1", "a", 2) == ("a", 2)
+    assert run.threads[1:] == [threading.get_ident()] * 2  # the failing batch ran on the loop
 
 
 async def test_nothing_runs_alone_while_other_requests_are_in_the_server(

@@ -201,21 +201,23 @@ def test_onnx_runtime_runs_one_thread_batches_one_per_core(
     assert threads_and_batches() == ({1}, 1)
 
 
-@pytest.mark.parametrize(("workers", "batches"), [(1, 4), (2, 2), (3, 1), (8, 1)])
+@pytest.mark.parametrize(
+    ("workers", "batches", "inline"),
+    [(1, 4, False), (2, 2, False), (3, 1, True), (4, 1, True), (8, 1, False)],
+)
 async def test_workers_share_out_the_batches_the_cores_run(
-    compiled_store: Path, monkeypatch: pytest.MonkeyPatch, workers: int, batches: int
+    compiled_store: Path, monkeypatch: pytest.MonkeyPatch, workers: int, batches: int, inline: bool
 ) -> None:
     """With --workers each process runs its share of the cores' batches at once, never 0; a
-    worker with one batch at a time runs its quick batches on its event loop, answering the
-    same as every other batch."""
+    worker with a core of its own (one batch at a time, no more workers than cores) runs its
+    quick batches on its event loop, answering the same as every other batch."""
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
     app = create_app(settings_for(compiled_store, runtime="onnx", workers=workers))
     async with running(app) as client:
         assert metric((await client.get("/metrics")).text, "bap_inference_workers") == batches
-        inline = workers > 1 and batches == 1
         assert app.state.batcher.inline_max_s == (INLINE_MAX_S if inline else 0.0)
         reference = Reference(compiled_store)
-        for _ in range(2):  # the first batch of each domain measured, the next on the loop
+        for _ in range(2):  # the version's first batch is measured; later ones may go inline
             await assert_concurrent_answers_match(client, reference, DOMAINS * 4)
 
 
