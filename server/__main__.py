@@ -14,8 +14,7 @@ from pydantic import ValidationError
 
 from .app import create_app
 from .config import Settings
-from .http_protocol import JoinedWritesHttpTools
-from .startup import bind, configure_logging, load_model
+from .startup import bind, configure_logging, load_model, uvicorn_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,14 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(serve_workers(settings))
     sock = bind(settings)
     served = load_model(settings)
-    config = uvicorn.Config(
-        create_app(settings, preloaded=served),
-        log_level=settings.log_level,
-        access_log=False,  # the metrics count every request; the log stays quiet
-        http=JoinedWritesHttpTools,
-        timeout_graceful_shutdown=settings.drain_seconds,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(create_app(settings, preloaded=served), settings))
     server.run(sockets=[sock])
     if not server.started:  # the app's start-up failed and uvicorn logged why
         sys.exit(1)

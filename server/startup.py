@@ -1,4 +1,5 @@
-"""What starting a server needs before uvicorn runs: logging, the listening socket, the model.
+"""What starting a server needs before uvicorn runs: logging, the listening socket, the model,
+uvicorn's settings.
 
 Each step that can fail stops the process with one line naming what was wrong and the fix,
 never a traceback. Shared by `python -m server` and the --workers supervisor and its workers.
@@ -10,11 +11,15 @@ import errno
 import logging
 import socket
 import sys
+from typing import Any
+
+import uvicorn
 
 from model_store import ArtifactError, open_version
 
 from .allocator import return_large_frees
 from .config import Settings
+from .http_protocol import JoinedWritesHttpTools
 from .runner import Served, load_served
 
 log = logging.getLogger("server")
@@ -80,3 +85,16 @@ def configure_logging(settings: Settings, worker: bool = False) -> None:
     )
     if return_large_frees():
         log.debug("glibc returns freed buffers over 1 MiB to the OS")
+
+
+def uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
+    """uvicorn's settings for a single server and for each worker alike: one write a response
+    (http_protocol), no access log (the metrics count every request), the drain time."""
+    return uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=False,
+        http=JoinedWritesHttpTools,
+        timeout_graceful_shutdown=settings.drain_seconds,
+        **extra,
+    )

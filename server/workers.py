@@ -47,9 +47,8 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from .app import create_app
 from .config import Settings
-from .http_protocol import JoinedWritesHttpTools
 from .runner import load_served
-from .startup import bind, configure_logging, no_model, verify_model
+from .startup import bind, configure_logging, no_model, uvicorn_config, verify_model
 
 log = logging.getLogger(__name__)
 METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to multiprocess mode
@@ -198,13 +197,10 @@ def serve_workers(settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="bap-metrics-") as folder:
         os.environ[METRICS_FOLDER] = folder  # read by the workers' prometheus_client
         try:
-            config = uvicorn.Config(
+            config = uvicorn_config(
                 partial(worker_app, settings, os.getpid()),
+                settings,
                 factory=True,
-                log_level=settings.log_level,
-                access_log=False,
-                http=JoinedWritesHttpTools,
-                timeout_graceful_shutdown=settings.drain_seconds,
                 backlog=LISTEN_BACKLOG,
             )
             supervisor = Supervisor(config, settings, slots)
