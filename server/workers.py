@@ -23,9 +23,9 @@ supervisor for that SIGHUP (ModelHolder.reload_everywhere). Metrics use promethe
 multiprocess mode: every worker writes its values into one folder, which each worker's /metrics
 adds up.
 
-Measured (`python -m benchmarks peers`, bundled model, 32 clients, three runs on 2026-12-06):
-1,667-1,828 req/s with p99 25 ms for 2 workers against 1,311-1,447 req/s with p99 35-40 ms for
-one process; 336-339 against 133-136 MiB RSS.
+Measured (`python -m benchmarks peers`, bundled model, 32 clients, three runs on 2026-12-06 at
+the final request path): 1,740-1,973 req/s with p99 23-27 ms for 2 workers against 1,266-1,541
+req/s with p99 35-42 ms for one process; 336-342 against 135 MiB RSS.
 """
 
 from __future__ import annotations
